@@ -1,0 +1,58 @@
+//! The `lacoot` command line: a thin shell over the library that parses flags, calls it and prints.
+
+mod distance;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// lacoot makes deep networks shallower with optimal transport (LaCoOT, Quétu et al., ICCV 2025).
+///
+/// It measures how far each block of a network moves its input with the max-sliced Wasserstein
+/// distance, trains networks that keep that distance small, and removes the blocks that barely move
+/// their input.
+#[derive(Debug, Parser)]
+#[command(name = "lacoot", version, propagate_version = true)]
+struct Cli {
+    /// Log more: -v for progress details, -vv for debugging. RUST_LOG overrides this.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sliced and max-sliced Wasserstein distances between two point clouds stored in files.
+    Distance(distance::DistanceArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let outcome = match cli.command {
+        Command::Distance(args) => distance::run(&args),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to standard error so that standard output stays clean for results (and `--json`).
+fn init_logging(verbose: u8) {
+    let default_level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

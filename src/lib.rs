@@ -1,0 +1,17 @@
+//! # lacoot: layer collapse through optimal transport
+//!
+//! lacoot makes deep networks shallower. It trains a network with a regulariser that pulls every
+//! shape-preserving block towards the identity, measured by the max-sliced Wasserstein distance between
+//! the block's input and output feature clouds (LaCoOT, Quétu et al., ICCV 2025), then removes the
+//! blocks that moved the data least, without finetuning.
+//!
+//! Data flows one way through the modules: `data` → `models` → `train` → `collapse` → `report`; the
+//! optimal-transport distances in [`ot`] are used by training and by scoring. This release provides:
+//!
+//! - [`ot`]: differentiable sliced and max-sliced Wasserstein distances on burn tensors;
+//! - [`arrays`]: reading point clouds and projection matrices from `.npy` and `.safetensors` files;
+//! - [`device`]: the one place that chooses the compute device.
+
+pub mod arrays;
+pub mod device;
+pub mod ot;

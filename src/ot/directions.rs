@@ -1,0 +1,233 @@
+//! Projection directions: unit vectors drawn uniformly on the sphere, or given by the user.
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+use super::OtError;
+
+/// How far a user-given direction's norm may stray from 1 before it is rejected.
+const UNIT_NORM_TOLERANCE: f64 = 1e-3;
+
+/// A set of `L` unit directions in `R^d`, stored one direction per row: a `[L, d]` tensor.
+///
+/// POT stores projections one per *column* (`[d, L]`); use [`Directions::from_columns`] for that
+/// layout.
+#[derive(Clone, Debug)]
+pub struct Directions {
+    rows: Tensor<2>,
+}
+
+impl Directions {
+    /// Wraps a `[L, d]` tensor whose rows are unit vectors.
+    ///
+    /// Fails if the tensor is empty or a row's Euclidean norm differs from 1 by more than 1e-3.
+    pub fn from_rows(rows: Tensor<2>) -> Result<Self, OtError> {
+        let [count, dim] = rows.dims();
+        if count == 0 || dim == 0 {
+            return Err(OtError::EmptyDirections { count, dim });
+        }
+        let norms = rows
+            .clone()
+            .inner()
+            .square()
+            .sum_dim(1)
+            .sqrt()
+            .try_into_vec_as::<f64>()
+            .map_err(|e| OtError::Backend(e.to_string()))?;
+        if let Some((index, &norm)) = norms
+            .iter()
+            .enumerate()
+            .find(|(_, norm)| !((**norm - 1.0).abs() <= UNIT_NORM_TOLERANCE))
+        {
+            return Err(OtError::NotUnitDirection { index, norm });
+        }
+        Ok(Self { rows })
+    }
+
+    /// Wraps a `[d, L]` tensor whose columns are unit vectors (POT's `projections` layout).
+    pub fn from_columns(columns: Tensor<2>) -> Result<Self, OtError> {
+        Self::from_rows(columns.transpose())
+    }
+
+    /// The directions as a `[L, d]` tensor, one per row.
+    pub fn rows(&self) -> &Tensor<2> {
+        &self.rows
+    }
+
+    /// The number of directions `L`.
+    pub fn count(&self) -> usize {
+        self.rows.dims()[0]
+    }
+
+    /// The dimension `d` of the space the directions live in.
+    pub fn dim(&self) -> usize {
+        self.rows.dims()[1]
+    }
+
+    /// The directions moved to `device` and cast to `dtype` (a no-op when they already match).
+    pub(crate) fn to_matching(&self, device: &Device, dtype: DType) -> Tensor<2> {
+        let rows = self.rows.clone().to_device(device);
+        if rows.dtype() == dtype {
+            rows
+        } else {
+            rows.cast(dtype)
+        }
+    }
+}
+
+/// Draws directions uniformly on the unit sphere (normalised standard Gaussians).
+///
+/// Each call to [`DirectionSampler::sample`] returns fresh directions. The sampler owns its own
+/// generator, seeded by the user and independent of any model's random state, so the directions of a
+/// run are reproducible from the seed alone. Rows are generated in parallel, each from its own
+/// sub-stream, so the result does not depend on the number of threads.
+#[derive(Clone, Debug)]
+pub struct DirectionSampler {
+    seed: u64,
+    draws: u64,
+}
+
+impl DirectionSampler {
+    /// A sampler whose whole sequence of draws is determined by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { seed, draws: 0 }
+    }
+
+    /// How many sets of directions this sampler has drawn so far.
+    pub fn draws(&self) -> u64 {
+        self.draws
+    }
+
+    /// Draws `count` fresh unit directions in `R^dim`, as a `[count, dim]` tensor on `device` with
+    /// element type `dtype` (`F32` or `F64`).
+    pub fn sample(
+        &mut self,
+        dim: usize,
+        count: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Directions, OtError> {
+        if count == 0 || dim == 0 {
+            return Err(OtError::EmptyDirections { count, dim });
+        }
+        let draw_seed = mix(self.seed, self.draws);
+        self.draws += 1;
+        let data = match dtype {
+            DType::F64 => TensorData::new(unit_rows(draw_seed, dim, count, |v| v), [count, dim]),
+            DType::F32 => {
+                TensorData::new(unit_rows(draw_seed, dim, count, |v| v as f32), [count, dim])
+            }
+            other => return Err(OtError::UnsupportedDType(format!("{other:?}"))),
+        };
+        Ok(Directions {
+            rows: Tensor::from_data(data, (device, dtype)),
+        })
+    }
+}
+
+/// `count` rows of `dim` normalised Gaussian samples; row `l` comes from its own generator, seeded by
+/// `(draw_seed, l)`.
+fn unit_rows<T: Copy + Default + Send>(
+    draw_seed: u64,
+    dim: usize,
+    count: usize,
+    convert: impl Fn(f64) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); dim * count];
+    out.par_chunks_mut(dim)
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f64; dim],
+            |gaussian, (row, chunk)| {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(draw_seed, row as u64));
+                let mut squared_norm = 0.0;
+                for g in gaussian.iter_mut() {
+                    *g = StandardNormal.sample(&mut rng);
+                    squared_norm += *g * *g;
+                }
+                let scale = squared_norm.sqrt().recip();
+                for (out, g) in chunk.iter_mut().zip(gaussian.iter()) {
+                    *out = convert(g * scale);
+                }
+            },
+        );
+    out
+}
+
+/// Combines two words into a well-mixed seed (SplitMix64's finaliser), so that nearby inputs give
+/// unrelated streams.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::default_device;
+
+    fn rows_of(directions: &Directions) -> Vec<f64> {
+        directions.rows().clone().try_into_vec_as::<f64>().unwrap()
+    }
+
+    #[test]
+    fn sampled_rows_are_unit_vectors() {
+        let mut sampler = DirectionSampler::new(7);
+        let dirs = sampler.sample(33, 12, &default_device(), DType::F64).unwrap();
+        assert_eq!((dirs.count(), dirs.dim()), (12, 33));
+        for row in rows_of(&dirs).chunks(33) {
+            let norm: f64 = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-12, "norm {norm}");
+        }
+    }
+
+    #[test]
+    fn same_seed_same_sequence_and_each_draw_is_fresh() {
+        let device = default_device();
+        let mut a = DirectionSampler::new(3);
+        let mut b = DirectionSampler::new(3);
+        let a1 = rows_of(&a.sample(8, 4, &device, DType::F64).unwrap());
+        let a2 = rows_of(&a.sample(8, 4, &device, DType::F64).unwrap());
+        let b1 = rows_of(&b.sample(8, 4, &device, DType::F64).unwrap());
+        assert_eq!(a1, b1);
+        assert_ne!(a1, a2);
+        assert_eq!(a.draws(), 2);
+        let other = rows_of(&DirectionSampler::new(4).sample(8, 4, &device, DType::F64).unwrap());
+        assert_ne!(a1, other);
+    }
+
+    #[test]
+    fn directions_cover_the_sphere_without_bias() {
+        // The mean of many uniform unit vectors is near 0, and each coordinate's second moment is 1/d.
+        let dim = 4;
+        let count = 20_000;
+        let dirs = DirectionSampler::new(11)
+            .sample(dim, count, &default_device(), DType::F64)
+            .unwrap();
+        let values = rows_of(&dirs);
+        for c in 0..dim {
+            let coordinate = values.iter().skip(c).step_by(dim);
+            let (sum, sum_sq) = coordinate.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
+            assert!((sum / count as f64).abs() < 0.02);
+            assert!((sum_sq / count as f64 - 1.0 / dim as f64).abs() < 0.01);
+        }
+    }
+
+    #[test]
+    fn user_directions_must_be_unit_vectors() {
+        let device = default_device();
+        let bad = Tensor::<2>::from_data([[1.0, 0.0], [0.5, 0.5]], &device);
+        match Directions::from_rows(bad) {
+            Err(OtError::NotUnitDirection { index: 1, .. }) => {}
+            other => panic!("expected a norm error, got {other:?}"),
+        }
+        let columns = Tensor::<2>::from_data([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], &device);
+        let dirs = Directions::from_columns(columns).unwrap();
+        assert_eq!((dirs.count(), dirs.dim()), (3, 2));
+    }
+}

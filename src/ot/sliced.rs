@@ -1,0 +1,242 @@
+//! Sliced and max-sliced Wasserstein distances.
+
+use burn::tensor::{DType, Tensor};
+
+use super::ascent::{Ascent, refine_direction};
+use super::coupling::QuantileCoupling;
+use super::{Directions, OtError};
+
+/// Below this value of `W_p^p`, the root's slope is held at its value here instead of growing without
+/// bound: the distance keeps its exact value, and a block that is already an identity (cost 0, whose
+/// cost gradient is 0) gets gradient 0 instead of NaN.
+pub const ROOT_EPSILON: f64 = 1e-10;
+
+/// A sliced Wasserstein distance and what it was made of.
+#[derive(Clone, Debug)]
+pub struct SlicedDistance {
+    /// `SW_p` as a one-element tensor, differentiable with respect to both clouds.
+    pub value: Tensor<1>,
+    /// `SW_p` as a number.
+    pub distance: f64,
+    /// `W_p^p` along each direction, in the directions' order.
+    pub per_direction: Vec<f64>,
+}
+
+/// A max-sliced Wasserstein distance and where it was attained.
+#[derive(Clone, Debug)]
+pub struct MaxSlicedDistance {
+    /// `MSW_p` as a one-element tensor, differentiable with respect to both clouds. Only the winning
+    /// direction carries gradient, so the backward pass costs two rank-1 updates.
+    pub value: Tensor<1>,
+    /// `MSW_p` as a number.
+    pub distance: f64,
+    /// `W_p^p` along each of the given directions, in their order.
+    pub per_direction: Vec<f64>,
+    /// Index of the given direction with the largest `W_p^p`.
+    pub argmax: usize,
+    /// The unit direction the distance is measured along, `[d]`: the arg-max direction, or its
+    /// refinement when [`Ascent`] was asked for.
+    pub direction: Tensor<1>,
+    /// `W_p^p` along `direction`; never less than `per_direction[argmax]`.
+    pub cost: f64,
+}
+
+/// Flattens a batch of features `[n, …]` into a point cloud `[n, d]`: each sample is one point.
+/// A 1-D tensor of `n` values becomes `n` points on the line.
+pub fn point_cloud<const D: usize>(features: Tensor<D>) -> Tensor<2> {
+    let dims = features.dims();
+    let per_sample: usize = dims[1..].iter().product();
+    features.reshape([dims[0], per_sample])
+}
+
+/// The sliced Wasserstein distance `SW_p(x, y) = (mean_θ W_p^p(θ))^(1/p)` over the given directions.
+///
+/// `x` is `[n, d]`, `y` is `[m, d]` (`n` and `m` may differ; both clouds carry uniform weights), and
+/// both must have the same element type (f32 or f64). Gradients flow to both clouds.
+pub fn sliced_wasserstein(
+    x: Tensor<2>,
+    y: Tensor<2>,
+    directions: &Directions,
+    p: f64,
+) -> Result<SlicedDistance, OtError> {
+    let coupling = validate(&x, &y, directions, p)?;
+    let rows = directions.to_matching(&x.device(), x.dtype());
+    let x_projected = x.matmul(rows.clone().transpose());
+    let y_projected = y.matmul(rows.transpose());
+    let costs = costs_along(x_projected, y_projected, &coupling, p);
+    let per_direction = host_values(costs.clone())?;
+    let mean_cost = costs.mean();
+    let mean_value = host_values(mean_cost.clone())?[0];
+    Ok(SlicedDistance {
+        distance: root(mean_value, p),
+        value: guarded_root(mean_cost, mean_value, p),
+        per_direction,
+    })
+}
+
+/// The max-sliced Wasserstein distance `MSW_p(x, y) = (max_θ W_p^p(θ))^(1/p)` over the given
+/// directions, optionally refined by gradient ascent on the sphere.
+///
+/// The costs of all directions are computed without recording a graph; only the winning direction is
+/// then projected with gradient tracking, so the backward pass is a rank-1 update per cloud instead of
+/// a dense `[n, L] × [L, d]` product. Shapes and element types as in [`sliced_wasserstein`].
+pub fn max_sliced_wasserstein(
+    x: Tensor<2>,
+    y: Tensor<2>,
+    directions: &Directions,
+    p: f64,
+    ascent: Option<Ascent>,
+) -> Result<MaxSlicedDistance, OtError> {
+    let coupling = validate(&x, &y, directions, p)?;
+    let rows = directions.to_matching(&x.device(), x.dtype()).inner();
+    let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
+    let costs = costs_along(
+        x_plain.clone().matmul(rows.clone().transpose()),
+        y_plain.clone().matmul(rows.clone().transpose()),
+        &coupling,
+        p,
+    );
+    let per_direction = host_values(costs)?;
+    let argmax = index_of_max(&per_direction);
+    let best_row = rows.narrow(0, argmax, 1);
+    let (direction, cost) = match ascent {
+        Some(ascent) if ascent.steps > 0 => refine_direction(
+            &x_plain,
+            &y_plain,
+            best_row,
+            per_direction[argmax],
+            &coupling,
+            p,
+            &ascent,
+        )?,
+        _ => (best_row, per_direction[argmax]),
+    };
+    let tracked_direction = direction.clone().to_device(&x.device()).transpose();
+    let tracked_cost = costs_along(
+        x.matmul(tracked_direction.clone()),
+        y.matmul(tracked_direction),
+        &coupling,
+        p,
+    );
+    let [_, dim] = direction.dims();
+    Ok(MaxSlicedDistance {
+        value: guarded_root(tracked_cost, cost, p),
+        distance: root(cost, p),
+        per_direction,
+        argmax,
+        direction: direction.reshape([dim]),
+        cost,
+    })
+}
+
+/// `W_p^p` along each direction, `[L]`, from the projections `x_projected: [n, L]` and
+/// `y_projected: [m, L]`. The sort order comes from the values without a graph; the gathers and
+/// differences are recorded, so gradients flow to the projections (and through them to the clouds).
+pub(crate) fn costs_along(
+    x_projected: Tensor<2>,
+    y_projected: Tensor<2>,
+    coupling: &QuantileCoupling,
+    p: f64,
+) -> Tensor<1> {
+    let [n, count] = x_projected.dims();
+    let [m, _] = y_projected.dims();
+    let device = x_projected.device();
+    let dtype = x_projected.dtype();
+    let x_order = x_projected.clone().inner().argsort(0).to_device(&device);
+    let y_order = y_projected.clone().inner().argsort(0).to_device(&device);
+    let cost = if n == m {
+        let gaps = x_projected.gather(0, x_order) - y_projected.gather(0, y_order);
+        power(gaps, p).mean_dim(0)
+    } else {
+        let x_matched = x_order.select(0, coupling.x_rank_tensor(&device));
+        let y_matched = y_order.select(0, coupling.y_rank_tensor(&device));
+        let gaps = x_projected.gather(0, x_matched) - y_projected.gather(0, y_matched);
+        let masses = Tensor::<1>::from_data(coupling.masses.as_slice(), (&device, dtype))
+            .reshape([coupling.masses.len(), 1]);
+        (power(gaps, p) * masses).sum_dim(0)
+    };
+    cost.reshape([count])
+}
+
+/// `|gaps|^p`, with the common orders spelled out.
+fn power(gaps: Tensor<2>, p: f64) -> Tensor<2> {
+    if p == 2.0 {
+        gaps.square()
+    } else if p == 1.0 {
+        gaps.abs()
+    } else {
+        gaps.abs().powf_scalar(p)
+    }
+}
+
+/// `cost^(1/p)` as a tensor whose value is exactly `root(cost_value, p)` and whose gradient is that
+/// of the root at `max(cost_value, ROOT_EPSILON)` times the cost's gradient.
+fn guarded_root(cost: Tensor<1>, cost_value: f64, p: f64) -> Tensor<1> {
+    let slope = cost_value.max(ROOT_EPSILON).powf(1.0 / p - 1.0) / p;
+    (cost.clone() - cost.detach())
+        .mul_scalar(slope)
+        .add_scalar(root(cost_value, p))
+}
+
+/// `cost^(1/p)` for a cost that rounding may have left a hair below zero.
+fn root(cost: f64, p: f64) -> f64 {
+    cost.max(0.0).powf(1.0 / p)
+}
+
+/// The index of the largest value (the first, on ties).
+fn index_of_max(values: &[f64]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
+/// The tensor's values as f64 on the host.
+pub(crate) fn host_values(tensor: Tensor<1>) -> Result<Vec<f64>, OtError> {
+    tensor
+        .inner()
+        .try_into_vec_as::<f64>()
+        .map_err(|e| OtError::Backend(e.to_string()))
+}
+
+/// Checks shapes, element types and `p`; returns the coupling of the two cloud sizes.
+fn validate(
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+    directions: &Directions,
+    p: f64,
+) -> Result<QuantileCoupling, OtError> {
+    let [n, dx] = x.dims();
+    let [m, dy] = y.dims();
+    for (name, points, dim) in [("x", n, dx), ("y", m, dy)] {
+        if points == 0 || dim == 0 {
+            return Err(OtError::EmptyCloud { name, points, dim });
+        }
+    }
+    if dx != dy {
+        return Err(OtError::DimensionMismatch { x: dx, y: dy });
+    }
+    if directions.dim() != dx {
+        return Err(OtError::DirectionDimensionMismatch {
+            directions: directions.dim(),
+            points: dx,
+        });
+    }
+    if !(p.is_finite() && p >= 1.0) {
+        return Err(OtError::InvalidOrder(p));
+    }
+    let (x_type, y_type) = (x.dtype(), y.dtype());
+    if !matches!(x_type, DType::F32 | DType::F64) {
+        return Err(OtError::UnsupportedDType(format!("{x_type:?}")));
+    }
+    if x_type != y_type {
+        return Err(OtError::DTypeMismatch {
+            x: format!("{x_type:?}"),
+            y: format!("{y_type:?}"),
+        });
+    }
+    Ok(QuantileCoupling::new(n, m))
+}
