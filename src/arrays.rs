@@ -177,7 +177,13 @@ impl HostArray {
 
 impl fmt::Display for HostArray {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} {:?}", self.path.display(), self.shape, self.dtype())
+        write!(
+            f,
+            "{} {:?} {:?}",
+            self.path.display(),
+            self.shape,
+            self.dtype()
+        )
     }
 }
 
@@ -199,8 +205,14 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<HostArray, ArrayError> {
         dtype: dtype.descr(),
     };
     let values = match element {
-        Some(4) => ArrayValues::F32(file.into_vec::<f32>().map_err(|e| malformed(e.to_string()))?),
-        Some(8) => ArrayValues::F64(file.into_vec::<f64>().map_err(|e| malformed(e.to_string()))?),
+        Some(4) => ArrayValues::F32(
+            file.into_vec::<f32>()
+                .map_err(|e| malformed(e.to_string()))?,
+        ),
+        Some(8) => ArrayValues::F64(
+            file.into_vec::<f64>()
+                .map_err(|e| malformed(e.to_string()))?,
+        ),
         _ => return Err(unsupported(file.dtype())),
     };
     let expected: usize = shape.iter().product();
@@ -277,13 +289,11 @@ fn read_safetensors(
             });
         }
     };
-    let view = file
-        .tensor(&name)
-        .map_err(|_| ArrayError::MissingTensor {
-            path: path.to_path_buf(),
-            name: name.clone(),
-            available: names.clone(),
-        })?;
+    let view = file.tensor(&name).map_err(|_| ArrayError::MissingTensor {
+        path: path.to_path_buf(),
+        name: name.clone(),
+        available: names.clone(),
+    })?;
     let raw = view.data();
     let values = match view.dtype() {
         safetensors::Dtype::F32 => ArrayValues::F32(

@@ -73,8 +73,8 @@ pub(crate) fn refine_direction(
         let unit_tangent = tangent.div_scalar(tangent_norm);
         let mut improved = false;
         for _ in 0..MAX_BACKTRACKS {
-            let step = best.clone().mul_scalar(angle.cos())
-                + unit_tangent.clone().mul_scalar(angle.sin());
+            let step =
+                best.clone().mul_scalar(angle.cos()) + unit_tangent.clone().mul_scalar(angle.sin());
             let candidate = step.clone() / step.square().sum().sqrt().unsqueeze::<2>();
             let (_, candidate_cost) = cost_of(candidate.clone())?;
             if candidate_cost > best_cost {

@@ -85,7 +85,7 @@ mod tests {
             let total: f64 = c.masses.iter().sum();
             assert!((total - 1.0).abs() < 1e-12);
             assert!(c.masses.iter().all(|&w| w > 0.0));
-            assert!(c.masses.len() <= n + m - 1);
+            assert!(c.masses.len() < n + m);
             assert_eq!(*c.x_ranks.last().unwrap() as usize, n - 1);
             assert_eq!(*c.y_ranks.last().unwrap() as usize, m - 1);
         }

@@ -40,7 +40,7 @@ impl Directions {
         if let Some((index, &norm)) = norms
             .iter()
             .enumerate()
-            .find(|(_, norm)| !((**norm - 1.0).abs() <= UNIT_NORM_TOLERANCE))
+            .find(|(_, norm)| norm.is_nan() || (**norm - 1.0).abs() > UNIT_NORM_TOLERANCE)
         {
             return Err(OtError::NotUnitDirection { index, norm });
         }
@@ -137,30 +137,30 @@ fn unit_rows<T: Copy + Default + Send>(
     convert: impl Fn(f64) -> T + Sync,
 ) -> Vec<T> {
     let mut out = vec![T::default(); dim * count];
-    out.par_chunks_mut(dim)
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f64; dim],
-            |gaussian, (row, chunk)| {
-                let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(draw_seed, row as u64));
-                let mut squared_norm = 0.0;
-                for g in gaussian.iter_mut() {
-                    *g = StandardNormal.sample(&mut rng);
-                    squared_norm += *g * *g;
-                }
-                let scale = squared_norm.sqrt().recip();
-                for (out, g) in chunk.iter_mut().zip(gaussian.iter()) {
-                    *out = convert(g * scale);
-                }
-            },
-        );
+    out.par_chunks_mut(dim).enumerate().for_each_init(
+        || vec![0.0f64; dim],
+        |gaussian, (row, chunk)| {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(draw_seed, row as u64));
+            let mut squared_norm = 0.0;
+            for g in gaussian.iter_mut() {
+                *g = StandardNormal.sample(&mut rng);
+                squared_norm += *g * *g;
+            }
+            let scale = squared_norm.sqrt().recip();
+            for (out, g) in chunk.iter_mut().zip(gaussian.iter()) {
+                *out = convert(g * scale);
+            }
+        },
+    );
     out
 }
 
 /// Combines two words into a well-mixed seed (SplitMix64's finaliser), so that nearby inputs give
 /// unrelated streams.
 fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = a ^ b
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -178,7 +178,9 @@ mod tests {
     #[test]
     fn sampled_rows_are_unit_vectors() {
         let mut sampler = DirectionSampler::new(7);
-        let dirs = sampler.sample(33, 12, &default_device(), DType::F64).unwrap();
+        let dirs = sampler
+            .sample(33, 12, &default_device(), DType::F64)
+            .unwrap();
         assert_eq!((dirs.count(), dirs.dim()), (12, 33));
         for row in rows_of(&dirs).chunks(33) {
             let norm: f64 = row.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -197,7 +199,11 @@ mod tests {
         assert_eq!(a1, b1);
         assert_ne!(a1, a2);
         assert_eq!(a.draws(), 2);
-        let other = rows_of(&DirectionSampler::new(4).sample(8, 4, &device, DType::F64).unwrap());
+        let other = rows_of(
+            &DirectionSampler::new(4)
+                .sample(8, 4, &device, DType::F64)
+                .unwrap(),
+        );
         assert_ne!(a1, other);
     }
 

@@ -62,7 +62,9 @@ pub enum OtError {
         dim: usize,
     },
     /// There are no directions to project on.
-    #[error("need at least one projection direction of positive dimension (got {count} of dimension {dim})")]
+    #[error(
+        "need at least one projection direction of positive dimension (got {count} of dimension {dim})"
+    )]
     EmptyDirections {
         /// Number of directions.
         count: usize,

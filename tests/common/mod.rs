@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use lacoot::arrays::HostArray;
+
+/// `../shared/fixtures`, the reference data produced outside the project.
+pub fn shared_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// `tests/fixtures`, reference data committed with the project.
+pub fn local_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Reads a 2-D `.npy` file as a matrix on `device`, in the file's precision.
+pub fn read_matrix(path: &Path, device: &Device) -> Tensor<2> {
+    HostArray::read(path, None)
+        .unwrap()
+        .into_matrix(device)
+        .unwrap()
+}
+
+/// A `[rows, columns]` f64 tensor from row-major values.
+pub fn matrix(values: Vec<f64>, rows: usize, columns: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(
+        TensorData::new(values, [rows, columns]),
+        (device, DType::F64),
+    )
+}
+
+/// The tensor's values as f64.
+pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+    tensor.inner().try_into_vec_as::<f64>().unwrap()
+}
+
+/// The single value of a one-element tensor.
+pub fn scalar(tensor: Tensor<1>) -> f64 {
+    values(tensor)[0]
+}
+
+/// Asserts `|actual − expected| <= tolerance · max(|expected|, floor)`.
+pub fn assert_close(actual: f64, expected: f64, tolerance: f64, floor: f64, what: &str) {
+    let allowed = tolerance * expected.abs().max(floor);
+    assert!(
+        (actual - expected).abs() <= allowed,
+        "{what}: got {actual}, expected {expected} (allowed error {allowed})"
+    );
+}
+
+/// Writes a `.npy` file of f64 values with the given shape.
+pub fn write_npy_f64(path: &Path, shape: &[u64], data: &[f64]) {
+    write_npy(path, shape, data);
+}
+
+/// Writes a `.npy` file of any element type NumPy knows.
+pub fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[T]) {
+    use npyz::WriterBuilder;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    writer.extend(data.iter().copied()).unwrap();
+    writer.finish().unwrap();
+}
