@@ -4,6 +4,7 @@ use burn::tensor::Tensor;
 
 use super::OtError;
 use super::coupling::QuantileCoupling;
+use super::project::project_on;
 use super::sliced::{costs_along, host_values};
 
 /// Gradient-ascent refinement of the best random direction (beyond the paper and POT, which only
@@ -46,10 +47,9 @@ pub(crate) fn refine_direction(
     ascent: &Ascent,
 ) -> Result<(Tensor<2>, f64), OtError> {
     let cost_of = |direction: Tensor<2>| -> Result<(Tensor<1>, f64), OtError> {
-        let transposed = direction.transpose();
         let cost = costs_along(
-            x.clone().matmul(transposed.clone()),
-            y.clone().matmul(transposed),
+            project_on(x.clone(), direction.clone()),
+            project_on(y.clone(), direction),
             coupling,
             p,
         );

@@ -16,6 +16,7 @@
 mod ascent;
 mod coupling;
 mod directions;
+mod project;
 mod sliced;
 
 pub use ascent::Ascent;

@@ -4,6 +4,7 @@ use burn::tensor::{DType, Tensor};
 
 use super::ascent::{Ascent, refine_direction};
 use super::coupling::QuantileCoupling;
+use super::project::{project, project_on};
 use super::{Directions, OtError};
 
 /// Below this value of `W_p^p`, the root's slope is held at its value here instead of growing without
@@ -61,9 +62,7 @@ pub fn sliced_wasserstein(
 ) -> Result<SlicedDistance, OtError> {
     let coupling = validate(&x, &y, directions, p)?;
     let rows = directions.to_matching(&x.device(), x.dtype());
-    let x_projected = x.matmul(rows.clone().transpose());
-    let y_projected = y.matmul(rows.transpose());
-    let costs = costs_along(x_projected, y_projected, &coupling, p);
+    let costs = costs_along(project(x, rows.clone()), project(y, rows), &coupling, p);
     let per_direction = host_values(costs.clone())?;
     let mean_cost = costs.mean();
     let mean_value = host_values(mean_cost.clone())?[0];
@@ -91,8 +90,8 @@ pub fn max_sliced_wasserstein(
     let rows = directions.to_matching(&x.device(), x.dtype()).inner();
     let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
     let costs = costs_along(
-        x_plain.clone().matmul(rows.clone().transpose()),
-        y_plain.clone().matmul(rows.clone().transpose()),
+        project(x_plain.clone(), rows.clone()),
+        project(y_plain.clone(), rows.clone()),
         &coupling,
         p,
     );
@@ -111,10 +110,10 @@ pub fn max_sliced_wasserstein(
         )?,
         _ => (best_row, per_direction[argmax]),
     };
-    let tracked_direction = direction.clone().to_device(&x.device()).transpose();
+    let tracked_direction = direction.clone().to_device(&x.device());
     let tracked_cost = costs_along(
-        x.matmul(tracked_direction.clone()),
-        y.matmul(tracked_direction),
+        project_on(x, tracked_direction.clone()),
+        project_on(y, tracked_direction),
         &coupling,
         p,
     );
