@@ -6,6 +6,10 @@
 //! `max_sliced_wasserstein_distance` + `backward()` does in `bench/pot_mswd.py`). The sliced
 //! (mean) distance and the direction sampling alone are measured beside it for reference.
 
+/// The allocator the `lacoot` binary uses (see its `main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::tensor::{DType, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lacoot::device::{autodiff_device, default_device};

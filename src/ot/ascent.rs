@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 use super::OtError;
 use super::coupling::QuantileCoupling;
-use super::project::project_on;
+use super::projection::project;
 use super::sliced::{costs_along, host_values};
 
 /// Gradient-ascent refinement of the best random direction (beyond the paper and POT, which only
@@ -48,8 +48,8 @@ pub(crate) fn refine_direction(
 ) -> Result<(Tensor<2>, f64), OtError> {
     let cost_of = |direction: Tensor<2>| -> Result<(Tensor<1>, f64), OtError> {
         let cost = costs_along(
-            project_on(x.clone(), direction.clone()),
-            project_on(y.clone(), direction),
+            project(x.clone(), direction.clone()),
+            project(y.clone(), direction),
             coupling,
             p,
         );

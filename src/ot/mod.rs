@@ -16,7 +16,7 @@
 mod ascent;
 mod coupling;
 mod directions;
-mod project;
+mod projection;
 mod sliced;
 
 pub use ascent::Ascent;

@@ -4,7 +4,7 @@ use burn::tensor::{DType, Tensor};
 
 use super::ascent::{Ascent, refine_direction};
 use super::coupling::QuantileCoupling;
-use super::project::{project, project_on};
+use super::projection::project;
 use super::{Directions, OtError};
 
 /// Below this value of `W_p^p`, the root's slope is held at its value here instead of growing without
@@ -112,8 +112,8 @@ pub fn max_sliced_wasserstein(
     };
     let tracked_direction = direction.clone().to_device(&x.device());
     let tracked_cost = costs_along(
-        project_on(x, tracked_direction.clone()),
-        project_on(y, tracked_direction),
+        project(x, tracked_direction.clone()),
+        project(y, tracked_direction),
         &coupling,
         p,
     );
