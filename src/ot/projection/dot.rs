@@ -302,6 +302,66 @@ mod tests {
         }
     }
 
+    /// Every kernel this processor can run, on a range with edge tiles in both directions and a
+    /// tail shorter than one vector.
+    #[test]
+    fn every_kernel_agrees_with_the_naive_product() {
+        let (n, count, dim) = (7, 6, 2 * CHUNK + 37);
+        let x: Vec<f64> = (0..n * dim).map(|k| ((k % 17) as f64) - 8.0).collect();
+        let rows: Vec<f64> = (0..count * dim).map(|k| ((k % 5) as f64) * 0.25).collect();
+        let expected = naive(&x, &rows, dim);
+        let (x32, rows32): (Vec<f32>, Vec<f32>) = (
+            x.iter().map(|&v| v as f32).collect(),
+            rows.iter().map(|&v| v as f32).collect(),
+        );
+        let range64 = Range {
+            x: &x,
+            rows: &rows,
+            dim,
+            start: 0,
+            end: dim,
+            n,
+            count,
+        };
+        let range32 = Range {
+            x: &x32,
+            rows: &rows32,
+            dim,
+            start: 0,
+            end: dim,
+            n,
+            count,
+        };
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+        let mut results = vec![
+            ("portable f64", portable(range64)),
+            ("portable f32", widen(portable(range32))),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: AVX2 and FMA are present (checked just above).
+                unsafe {
+                    results.push(("avx2 f64", x86::avx2_f64(range64)));
+                    results.push(("avx2 f32", widen(x86::avx2_f32(range32))));
+                }
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is present (checked just above).
+                unsafe {
+                    results.push(("avx512 f64", x86::avx512_f64(range64)));
+                    results.push(("avx512 f32", widen(x86::avx512_f32(range32))));
+                }
+            }
+        }
+        for (kernel, got) in results {
+            // Small integers and quarters: every product and partial sum is exact in f32 and f64.
+            assert_eq!(got, expected, "{kernel}");
+        }
+    }
+
     #[test]
     fn long_rows_are_split_across_threads_and_chunks() {
         // Spans several chunks and, with more than one thread, several ranges.
