@@ -14,4 +14,5 @@
 
 pub mod arrays;
 pub mod device;
+pub mod models;
 pub mod ot;

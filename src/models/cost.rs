@@ -1,0 +1,124 @@
+//! Shapes and costs of layers, computed from the layer objects themselves.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
+use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
+
+/// Trainable parameters of a layer (buffers such as batch-norm running statistics excluded, as in
+/// PyTorch's `sum(p.numel() for p in model.parameters())`).
+pub trait TrainableParameters {
+    /// The number of trainable parameters.
+    fn trainable_parameters(&self) -> usize;
+}
+
+impl TrainableParameters for Conv2d {
+    fn trainable_parameters(&self) -> usize {
+        self.weight.shape().num_elements()
+            + self.bias.as_ref().map_or(0, |b| b.shape().num_elements())
+    }
+}
+
+impl TrainableParameters for Linear {
+    fn trainable_parameters(&self) -> usize {
+        self.weight.shape().num_elements()
+            + self.bias.as_ref().map_or(0, |b| b.shape().num_elements())
+    }
+}
+
+impl TrainableParameters for BatchNorm {
+    fn trainable_parameters(&self) -> usize {
+        self.gamma.shape().num_elements() + self.beta.shape().num_elements()
+    }
+}
+
+/// What one layer turns a `[C, H, W]` sample into, and at what cost.
+pub trait LayerCost {
+    /// The output shape for an input of `shape`.
+    fn output_shape(&self, shape: [usize; 3]) -> [usize; 3];
+
+    /// Multiply-accumulates per sample for an input of `shape` (0 for layers outside the paper's
+    /// conv + linear convention).
+    fn macs(&self, shape: [usize; 3]) -> u64;
+}
+
+/// Output length of a sliding window over `length` positions.
+fn window(length: usize, kernel: usize, stride: usize, dilation: usize, pad: usize) -> usize {
+    (length + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1
+}
+
+/// Symmetric padding `(height, width)`; `Same` keeps the size at stride 1.
+fn symmetric_padding(padding: &PaddingConfig2d, kernel: [usize; 2]) -> [usize; 2] {
+    match padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Same => [(kernel[0] - 1) / 2, (kernel[1] - 1) / 2],
+        PaddingConfig2d::Explicit(top, left, _, _) => [*top, *left],
+    }
+}
+
+impl LayerCost for Conv2d {
+    fn output_shape(&self, [_, h, w]: [usize; 3]) -> [usize; 3] {
+        let [out_channels, ..] = self.weight.dims();
+        let pad = symmetric_padding(&self.padding, self.kernel_size);
+        [
+            out_channels,
+            window(
+                h,
+                self.kernel_size[0],
+                self.stride[0],
+                self.dilation[0],
+                pad[0],
+            ),
+            window(
+                w,
+                self.kernel_size[1],
+                self.stride[1],
+                self.dilation[1],
+                pad[1],
+            ),
+        ]
+    }
+
+    fn macs(&self, shape: [usize; 3]) -> u64 {
+        let [out_channels, in_per_group, kh, kw] = self.weight.dims();
+        let [_, oh, ow] = self.output_shape(shape);
+        (out_channels * in_per_group * kh * kw * oh * ow) as u64
+    }
+}
+
+impl LayerCost for MaxPool2d {
+    fn output_shape(&self, [c, h, w]: [usize; 3]) -> [usize; 3] {
+        let pad = symmetric_padding(&self.padding, self.kernel_size);
+        [
+            c,
+            window(
+                h,
+                self.kernel_size[0],
+                self.stride[0],
+                self.dilation[0],
+                pad[0],
+            ),
+            window(
+                w,
+                self.kernel_size[1],
+                self.stride[1],
+                self.dilation[1],
+                pad[1],
+            ),
+        ]
+    }
+
+    fn macs(&self, _: [usize; 3]) -> u64 {
+        0
+    }
+}
+
+impl LayerCost for Linear {
+    fn output_shape(&self, _: [usize; 3]) -> [usize; 3] {
+        [self.weight.dims()[1], 1, 1]
+    }
+
+    fn macs(&self, _: [usize; 3]) -> u64 {
+        let [inputs, outputs] = self.weight.dims();
+        (inputs * outputs) as u64
+    }
+}

@@ -1,0 +1,162 @@
+//! Networks with removable blocks, all answering the same questions so that training and collapse
+//! never name a model:
+//!
+//! - [`BlockNetwork::blocks`]: every block's name, input and output shape, parameters, MACs, and
+//!   whether it is collapsible (its output shape equals its input shape, so identity can replace it);
+//! - [`BlockNetwork::forward_capturing`]: the logits plus the input and output features of chosen
+//!   blocks (what the LaCoOT regulariser and the collapse scores need);
+//! - [`BlockNetwork::remove_blocks`]: replace blocks by identity.
+//!
+//! Costs are computed from the same layer objects the forward pass runs, so the reported MACs
+//! cannot disagree with what executes. Parameter names follow torchvision's `state_dict` keys, so
+//! PyTorch checkpoints load by name ([`weights`]).
+
+mod cost;
+pub mod resnet;
+pub mod weights;
+
+use std::collections::BTreeSet;
+
+use burn::tensor::Tensor;
+
+pub use cost::{LayerCost, TrainableParameters};
+pub use resnet::{ResNet, ResNetConfig, ResNetDepth, Stem};
+
+/// One block of a network, described for the network's configured input size.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BlockInfo {
+    /// The block's stable name, as in the `state_dict` (`layer3.1`).
+    pub name: String,
+    /// Shape of one sample's input `[C, H, W]`.
+    pub input_shape: [usize; 3],
+    /// Shape of one sample's output `[C, H, W]`.
+    pub output_shape: [usize; 3],
+    /// Trainable parameters of the block.
+    pub parameters: usize,
+    /// Multiply-accumulates of its convolutions and linear layers, per sample.
+    pub macs: u64,
+    /// Whether identity can replace it: its output shape equals its input shape.
+    pub collapsible: bool,
+    /// Whether it is currently replaced by identity.
+    pub removed: bool,
+}
+
+/// A block's input and output features from one forward pass, each `[n, C, H, W]`.
+#[derive(Clone, Debug)]
+pub struct BlockFeatures {
+    /// The block's name.
+    pub name: String,
+    /// What entered the block.
+    pub input: Tensor<4>,
+    /// What the block produced.
+    pub output: Tensor<4>,
+}
+
+/// What can go wrong with a model's structure or weights.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A block name that the network does not have.
+    #[error("unknown block '{name}'; this network's blocks are: {}", .known.join(", "))]
+    UnknownBlock {
+        /// The name asked for.
+        name: String,
+        /// The names it has.
+        known: Vec<String>,
+    },
+    /// A block whose output shape differs from its input shape cannot become identity.
+    #[error(
+        "block '{name}' maps {input:?} to {output:?}; only shape-preserving blocks can be removed"
+    )]
+    NotCollapsible {
+        /// The block.
+        name: String,
+        /// Its input shape.
+        input: [usize; 3],
+        /// Its output shape.
+        output: [usize; 3],
+    },
+    /// A configuration that cannot build a network.
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+    /// A weight file that could not be read or does not fit the network.
+    #[error("{path}: {reason}")]
+    Weights {
+        /// The weight file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A network made of named blocks, some of which can be replaced by identity.
+pub trait BlockNetwork {
+    /// Every block, in forward order, for the configured input size.
+    fn blocks(&self) -> Vec<BlockInfo>;
+
+    /// Logits for `input` `[n, C, H, W]`, and the input and output features of each block named in
+    /// `capture` that is not removed, in forward order.
+    fn forward_capturing(
+        &self,
+        input: Tensor<4>,
+        capture: &BTreeSet<String>,
+    ) -> (Tensor<2>, Vec<BlockFeatures>);
+
+    /// Logits for `input` `[n, C, H, W]`.
+    fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        self.forward_capturing(input, &BTreeSet::new()).0
+    }
+
+    /// Replaces the named blocks by identity (removing one twice is harmless).
+    fn remove_blocks(&mut self, names: &[String]) -> Result<(), ModelError>;
+
+    /// The names of the blocks currently replaced by identity.
+    fn removed_blocks(&self) -> BTreeSet<String>;
+
+    /// Conv + linear MACs per sample of everything outside the blocks (stem and head).
+    fn macs_outside_blocks(&self) -> u64;
+
+    /// Trainable parameters outside the blocks (stem and head).
+    fn parameters_outside_blocks(&self) -> usize;
+
+    /// Total conv + linear MACs per sample, removed blocks excluded.
+    fn total_macs(&self) -> u64 {
+        self.macs_outside_blocks()
+            + self
+                .blocks()
+                .iter()
+                .filter(|b| !b.removed)
+                .map(|b| b.macs)
+                .sum::<u64>()
+    }
+
+    /// Total trainable parameters, removed blocks excluded.
+    fn total_parameters(&self) -> usize {
+        self.parameters_outside_blocks()
+            + self
+                .blocks()
+                .iter()
+                .filter(|b| !b.removed)
+                .map(|b| b.parameters)
+                .sum::<usize>()
+    }
+}
+
+/// Checks that every name is a collapsible block of `blocks`.
+pub(crate) fn check_removable(blocks: &[BlockInfo], names: &[String]) -> Result<(), ModelError> {
+    for name in names {
+        let Some(block) = blocks.iter().find(|b| &b.name == name) else {
+            return Err(ModelError::UnknownBlock {
+                name: name.clone(),
+                known: blocks.iter().map(|b| b.name.clone()).collect(),
+            });
+        };
+        if !block.collapsible {
+            return Err(ModelError::NotCollapsible {
+                name: name.clone(),
+                input: block.input_shape,
+                output: block.output_shape,
+            });
+        }
+    }
+    Ok(())
+}
