@@ -13,6 +13,7 @@
 //! - [`device`]: the one place that chooses the compute device.
 
 pub mod arrays;
+pub mod data;
 pub mod device;
 pub mod models;
 pub mod ot;
