@@ -15,5 +15,7 @@
 pub mod arrays;
 pub mod data;
 pub mod device;
+pub mod fsutil;
 pub mod models;
 pub mod ot;
+pub mod train;

@@ -13,6 +13,7 @@
 
 mod cost;
 pub mod resnet;
+mod spec;
 pub mod weights;
 
 use std::collections::BTreeSet;
@@ -21,6 +22,7 @@ use burn::tensor::Tensor;
 
 pub use cost::{LayerCost, TrainableParameters};
 pub use resnet::{ResNet, ResNetConfig, ResNetDepth, Stem};
+pub use spec::{Architecture, ModelSpec, StemKind};
 
 /// One block of a network, described for the network's configured input size.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -96,6 +96,12 @@ impl DirectionSampler {
         Self { seed, draws: 0 }
     }
 
+    /// A sampler that continues the sequence of `DirectionSampler::new(seed)` after `draws` draws
+    /// (to resume a run exactly).
+    pub fn resume(seed: u64, draws: u64) -> Self {
+        Self { seed, draws }
+    }
+
     /// How many sets of directions this sampler has drawn so far.
     pub fn draws(&self) -> u64 {
         self.draws

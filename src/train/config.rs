@@ -1,0 +1,163 @@
+//! Every setting of a training run, recorded in the run's `config.json`.
+
+use crate::data::{Augmentation, DataSource};
+use crate::models::{Architecture, StemKind};
+
+/// The optimiser.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// SGD with (PyTorch-style, undampened) momentum: the paper's choice.
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+/// Which blocks the LaCoOT regulariser pulls towards identity.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegularisedBlocks {
+    /// Every collapsible (shape-preserving) block.
+    All,
+    /// The paper's choice: every collapsible block except the first of its stage (in ResNet-18,
+    /// the four `layerS.1`).
+    Paper,
+}
+
+/// A training run's settings. Defaults are the paper's (CIFAR-10, ResNet-18, 160 epochs).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// The architecture.
+    pub architecture: Architecture,
+    /// The stem.
+    pub stem: StemKind,
+    /// Channels of the first stage.
+    pub width: usize,
+    /// The data set.
+    pub data: DataSource,
+    /// Fraction of each training class held out for validation.
+    pub validation_fraction: f64,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per batch (the point clouds have this many points).
+    pub batch_size: usize,
+    /// The optimiser.
+    pub optimizer: OptimizerKind,
+    /// Initial learning rate.
+    pub learning_rate: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Epochs, as fractions of `epochs`, after which the learning rate is multiplied by `gamma`.
+    pub milestones: Vec<f64>,
+    /// Learning-rate decay factor at each milestone.
+    pub gamma: f64,
+    /// Weight λ of the regulariser (0: plain training).
+    pub lambda: f64,
+    /// Which blocks are regularised.
+    pub regularised_blocks: RegularisedBlocks,
+    /// Random directions per max-sliced distance, fresh at every step.
+    pub num_projections: usize,
+    /// Order of the Wasserstein distance.
+    pub p: f64,
+    /// Training augmentation, if any.
+    pub augmentation: Option<Augmentation>,
+    /// Seed of initialisation, data order, augmentation and directions.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::Resnet18,
+            stem: StemKind::Cifar,
+            width: 64,
+            data: DataSource::FashionMnist { root: None },
+            validation_fraction: 0.1,
+            epochs: 160,
+            batch_size: 128,
+            optimizer: OptimizerKind::Sgd,
+            learning_rate: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            milestones: vec![0.5, 0.75],
+            gamma: 0.1,
+            lambda: 5.0,
+            regularised_blocks: RegularisedBlocks::All,
+            num_projections: crate::ot::DEFAULT_NUM_PROJECTIONS,
+            p: crate::ot::DEFAULT_P,
+            augmentation: Some(Augmentation {
+                crop_padding: 4,
+                horizontal_flip: true,
+            }),
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning rate during `epoch` (0-based): multiplied by `gamma` at each milestone passed.
+    pub fn learning_rate_at(&self, epoch: usize) -> f64 {
+        let passed = self
+            .milestones
+            .iter()
+            .filter(|&&m| epoch >= (m * self.epochs as f64).round() as usize)
+            .count();
+        self.learning_rate * self.gamma.powi(passed as i32)
+    }
+
+    /// Checks the settings that would otherwise fail late.
+    pub fn validate(&self) -> Result<(), String> {
+        let problems = [
+            (self.epochs == 0, "epochs must be positive"),
+            (
+                self.batch_size < 2,
+                "batch size must be at least 2 (a point cloud)",
+            ),
+            (
+                self.learning_rate.is_nan() || self.learning_rate <= 0.0,
+                "learning rate must be positive",
+            ),
+            (
+                self.lambda < 0.0 || !self.lambda.is_finite(),
+                "lambda must be >= 0",
+            ),
+            (self.num_projections == 0, "need at least one projection"),
+            (self.p.is_nan() || self.p < 1.0, "p must be >= 1"),
+            (
+                !(0.0..1.0).contains(&self.validation_fraction),
+                "validation fraction must be in [0, 1)",
+            ),
+            (self.width == 0, "width must be positive"),
+        ];
+        match problems.iter().find(|(bad, _)| *bad) {
+            Some((_, problem)) => Err(problem.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_follows_the_paper_milestones() {
+        let config = TrainConfig::default();
+        assert_eq!(config.learning_rate_at(0), 0.1);
+        assert_eq!(config.learning_rate_at(79), 0.1);
+        assert!((config.learning_rate_at(80) - 0.01).abs() < 1e-15);
+        assert!((config.learning_rate_at(120) - 0.001).abs() < 1e-15);
+        assert!(config.validate().is_ok());
+        let bad = TrainConfig {
+            batch_size: 1,
+            ..TrainConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("batch size"));
+    }
+}

@@ -1,0 +1,188 @@
+//! Training end to end on tiny data: it learns, the regulariser reaches every regularised block,
+//! runs resume exactly, and failures keep the last good checkpoint.
+
+use std::path::Path;
+
+use lacoot::data::DataSource;
+use lacoot::data::idx::encode_idx;
+use lacoot::models::{Architecture, StemKind};
+use lacoot::train::{RegularisedBlocks, RunPaths, Silent, TrainConfig, load_run_model, train};
+
+/// Writes a learnable 10-class IDX data set: each class is a bright square at its own position on
+/// an 8x8 canvas, with deterministic noise.
+fn write_toy_data(root: &Path, per_class: usize) {
+    for split in ["train", "t10k"] {
+        let count = per_class * 10;
+        let mut pixels = Vec::with_capacity(count * 64);
+        let mut labels = Vec::with_capacity(count);
+        for i in 0..count {
+            let class = i % 10;
+            let (cy, cx) = (class / 4 * 2 + 1, class % 4 * 2);
+            for y in 0..8 {
+                for x in 0..8 {
+                    let inside = (cy..cy + 2).contains(&y) && (cx..cx + 2).contains(&x);
+                    let noise = ((i * 31 + y * 7 + x * 13) % 40) as u8;
+                    pixels.push(if inside { 200 + noise } else { noise });
+                }
+            }
+            labels.push(class as u8);
+        }
+        std::fs::write(
+            root.join(format!("{split}-images-idx3-ubyte")),
+            encode_idx(&[count, 8, 8], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(format!("{split}-labels-idx1-ubyte")),
+            encode_idx(&[count], &labels),
+        )
+        .unwrap();
+    }
+}
+
+fn tiny_config(data: &Path, epochs: usize, lambda: f64) -> TrainConfig {
+    TrainConfig {
+        architecture: Architecture::Resnet18,
+        stem: StemKind::Cifar,
+        width: 4,
+        data: DataSource::Mnist {
+            root: data.to_path_buf(),
+        },
+        validation_fraction: 0.2,
+        epochs,
+        batch_size: 8,
+        learning_rate: 0.05,
+        lambda,
+        regularised_blocks: RegularisedBlocks::All,
+        num_projections: 8,
+        augmentation: None,
+        seed: 3,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn a_tiny_resnet_learns_and_writes_its_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_data(tmp.path(), 5);
+    let run = RunPaths::new(tmp.path().join("run"));
+    let config = TrainConfig {
+        batch_size: 20,
+        optimizer: lacoot::train::OptimizerKind::Adam,
+        learning_rate: 0.01,
+        ..tiny_config(tmp.path(), 40, 0.1)
+    };
+    let summary = train(&config, &run, false, &Silent).unwrap();
+    let first = &summary.epochs[0];
+    let last = summary.epochs.last().unwrap();
+    assert!(
+        last.cross_entropy < first.cross_entropy / 10.0,
+        "{} -> {}",
+        first.cross_entropy,
+        last.cross_entropy
+    );
+    assert!(
+        last.train_accuracy > 0.9,
+        "train accuracy {}",
+        last.train_accuracy
+    );
+    assert_eq!(first.block_mswd.len(), 5, "{:?}", first.block_mswd.keys());
+    assert!(first.regulariser > 0.0);
+
+    let lines = std::fs::read_to_string(run.metrics()).unwrap();
+    assert_eq!(lines.lines().count(), 40);
+    let record = run.read_record().unwrap();
+    assert_eq!(record.model.num_classes, 10);
+    assert_eq!(record.model.input_size, 8);
+    assert_eq!(record.split_sizes, [40, 10, 50]);
+    let (_, model) = load_run_model(&run, &run.best()).unwrap();
+    use lacoot::models::BlockNetwork;
+    assert_eq!(model.blocks().len(), 8);
+}
+
+/// Stops the run after a number of epochs, as an interruption would.
+struct StopAfter(usize, std::cell::Cell<usize>);
+
+impl lacoot::train::TrainObserver for StopAfter {
+    fn epoch_done(&self, _: &lacoot::train::EpochMetrics) {
+        self.1.set(self.1.get() + 1);
+    }
+    fn keep_going(&self) -> bool {
+        self.1.get() < self.0
+    }
+}
+
+/// The lines of metrics.jsonl without the wall-clock fields.
+fn timeless_metrics(run: &RunPaths) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.metrics())
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let object = value.as_object_mut().unwrap();
+            object.remove("seconds");
+            object.remove("images_per_second");
+            value
+        })
+        .collect()
+}
+
+#[test]
+fn an_interrupted_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_data(tmp.path(), 3);
+    let config = TrainConfig {
+        augmentation: Some(lacoot::data::Augmentation {
+            crop_padding: 1,
+            horizontal_flip: true,
+        }),
+        milestones: vec![0.5],
+        ..tiny_config(tmp.path(), 3, 0.5)
+    };
+    let straight = RunPaths::new(tmp.path().join("straight"));
+    train(&config, &straight, false, &Silent).unwrap();
+
+    let interrupted = RunPaths::new(tmp.path().join("interrupted"));
+    let first = train(
+        &config,
+        &interrupted,
+        false,
+        &StopAfter(2, Default::default()),
+    )
+    .unwrap();
+    assert_eq!(first.state.epochs_done, 2);
+    let rest = train(&config, &interrupted, true, &Silent).unwrap();
+    assert_eq!(rest.epochs.len(), 1);
+    assert_eq!(rest.epochs[0].epoch, 3);
+    assert_eq!(timeless_metrics(&interrupted), timeless_metrics(&straight));
+
+    let different = TrainConfig {
+        lambda: 1.0,
+        ..config
+    };
+    match train(&different, &interrupted, true, &Silent) {
+        Err(lacoot::train::TrainError::Config(message)) => {
+            assert!(message.contains("different settings"))
+        }
+        other => panic!("expected a configuration mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_data(tmp.path(), 3);
+    let run = RunPaths::new(tmp.path().join("run"));
+    let config = TrainConfig {
+        learning_rate: 1e30,
+        ..tiny_config(tmp.path(), 4, 0.0)
+    };
+    match train(&config, &run, false, &Silent) {
+        Err(lacoot::train::TrainError::NonFiniteLoss { epoch, .. }) => {
+            if epoch > 1 {
+                assert!(run.last().join("model.bpk").is_file());
+            }
+        }
+        other => panic!("expected a non-finite loss, got {other:?}"),
+    }
+}
