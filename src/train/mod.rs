@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -242,7 +242,7 @@ pub fn train(
     let regularised = regularised_blocks(&model, config.regularised_blocks);
     let train_set = Arc::new(splits.train);
     let validation_set = Arc::new(splits.validation);
-    let mut sampler =
+    let sampler =
         DirectionSampler::resume(config.seed ^ DIRECTION_SEED_SALT, state.direction_draws);
     let plan = BatchPlan {
         batch_size: config.batch_size,
@@ -251,61 +251,32 @@ pub fn train(
         augmentation: config.augmentation,
         seed: config.seed,
     };
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut step = TrainingStep::new(config, regularised, sampler, &device);
     let mut trained = Vec::new();
     for epoch in state.epochs_done..config.epochs {
         let started = Instant::now();
         let learning_rate = config.learning_rate_at(epoch);
         observer.epoch_started(epoch + 1, batch_count(train_set.len(), &plan));
         let mut totals = EpochTotals::default();
-        for (index, batch) in batches(
+        let epoch_batches = batches(
             train_set.clone(),
             record.normalization.clone(),
             plan,
             epoch as u64,
-        )
-        .enumerate()
-        {
+        );
+        for (index, batch) in epoch_batches.enumerate() {
             let (images, labels) = batch.to_tensors(&device);
-            let capture = if config.lambda > 0.0 {
-                &regularised
-            } else {
-                &BTreeSet::new()
-            };
-            let (logits, features) = model.forward_capturing(images, capture);
-            let cross_entropy = loss_fn.forward(logits.clone(), labels.clone());
-            let mut distances = Vec::with_capacity(features.len());
-            for block in features {
-                let (x, y) = (point_cloud(block.input), point_cloud(block.output));
-                let directions =
-                    sampler.sample(x.dims()[1], config.num_projections, &device, x.dtype())?;
-                let distance = max_sliced_wasserstein(x, y, &directions, config.p, None)?;
-                totals.add_block(&block.name, distance.distance);
-                distances.push(distance.value);
-            }
-            let regulariser = (!distances.is_empty()).then(|| Tensor::cat(distances, 0).mean());
-            let loss = match &regulariser {
-                Some(r) => cross_entropy.clone() + r.clone().mul_scalar(config.lambda),
-                None => cross_entropy.clone(),
-            };
-            let loss_value = scalar(&loss);
-            if !loss_value.is_finite() {
+            let outcome;
+            (model, outcome) = step.run(model, &mut optimizer, images, labels, learning_rate)?;
+            if !outcome.loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     epoch: epoch + 1,
                     batch: index,
-                    value: loss_value,
+                    value: outcome.loss,
                 });
             }
-            totals.add_batch(
-                loss_value,
-                scalar(&cross_entropy),
-                regulariser.as_ref().map_or(0.0, scalar),
-                correct(&logits, &labels),
-                batch.labels.len(),
-            );
-            observer.batch_done(loss_value, batch.labels.len());
-            let gradients = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(learning_rate, model, gradients);
+            observer.batch_done(outcome.loss, outcome.images);
+            totals.add(outcome);
         }
         let validation = evaluate(
             &model.valid(),
@@ -314,7 +285,7 @@ pub fn train(
             config.batch_size,
         );
         state.epochs_done = epoch + 1;
-        state.direction_draws = sampler.draws();
+        state.direction_draws = step.direction_draws();
         let metrics = totals.finish(
             epoch + 1,
             learning_rate,
@@ -346,6 +317,108 @@ pub fn train(
     })
 }
 
+/// What one training step measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// Total loss.
+    pub loss: f64,
+    /// Cross-entropy part.
+    pub cross_entropy: f64,
+    /// Mean max-sliced distance over the regularised blocks (before λ; 0 when λ = 0).
+    pub regulariser: f64,
+    /// Max-sliced distance of each regularised block.
+    pub block_mswd: Vec<(String, f64)>,
+    /// Correctly classified images of the batch.
+    pub correct: usize,
+    /// Images in the batch.
+    pub images: usize,
+}
+
+/// One optimisation step with the LaCoOT loss; owns the loss function and the direction sampler.
+pub struct TrainingStep {
+    loss_fn: CrossEntropyLoss,
+    regularised: BTreeSet<String>,
+    sampler: DirectionSampler,
+    lambda: f64,
+    num_projections: usize,
+    p: f64,
+    device: Device,
+}
+
+impl TrainingStep {
+    /// A step for `config`, regularising `regularised` with directions from `sampler`, on `device`
+    /// (an autodiff device).
+    pub fn new(
+        config: &TrainConfig,
+        regularised: BTreeSet<String>,
+        sampler: DirectionSampler,
+        device: &Device,
+    ) -> Self {
+        Self {
+            loss_fn: CrossEntropyLossConfig::new().init(device),
+            regularised,
+            sampler,
+            lambda: config.lambda,
+            num_projections: config.num_projections,
+            p: config.p,
+            device: device.clone(),
+        }
+    }
+
+    /// How many direction sets the step's sampler has drawn (saved in checkpoints).
+    pub fn direction_draws(&self) -> u64 {
+        self.sampler.draws()
+    }
+
+    /// Forward, loss, backward and optimiser update on one batch; returns the updated model.
+    pub fn run(
+        &mut self,
+        model: ResNet,
+        optimizer: &mut ModuleOptimizer,
+        images: Tensor<4>,
+        labels: Tensor<1, Int>,
+        learning_rate: f64,
+    ) -> Result<(ResNet, StepOutcome), TrainError> {
+        let no_blocks = BTreeSet::new();
+        let capture = if self.lambda > 0.0 {
+            &self.regularised
+        } else {
+            &no_blocks
+        };
+        let (logits, features) = model.forward_capturing(images, capture);
+        let cross_entropy = self.loss_fn.forward(logits.clone(), labels.clone());
+        let mut distances = Vec::with_capacity(features.len());
+        let mut block_mswd = Vec::with_capacity(features.len());
+        for block in features {
+            let (x, y) = (point_cloud(block.input), point_cloud(block.output));
+            let directions =
+                self.sampler
+                    .sample(x.dims()[1], self.num_projections, &self.device, x.dtype())?;
+            let distance = max_sliced_wasserstein(x, y, &directions, self.p, None)?;
+            block_mswd.push((block.name, distance.distance));
+            distances.push(distance.value);
+        }
+        let regulariser = (!distances.is_empty()).then(|| Tensor::cat(distances, 0).mean());
+        let loss = match &regulariser {
+            Some(r) => cross_entropy.clone() + r.clone().mul_scalar(self.lambda),
+            None => cross_entropy.clone(),
+        };
+        let outcome = StepOutcome {
+            loss: scalar(&loss),
+            cross_entropy: scalar(&cross_entropy),
+            regulariser: regulariser.as_ref().map_or(0.0, scalar),
+            block_mswd,
+            correct: correct(&logits, &labels),
+            images: labels.dims()[0],
+        };
+        if !outcome.loss.is_finite() {
+            return Ok((model, outcome));
+        }
+        let gradients = GradientsParams::from_grads(loss.backward(), &model);
+        Ok((optimizer.step(learning_rate, model, gradients), outcome))
+    }
+}
+
 /// Builds the run's model spec and normalisation from the data.
 fn run_record(config: &TrainConfig, splits: &Splits) -> RunRecord {
     let [channels, h, _] = splits.train.shape;
@@ -375,7 +448,8 @@ fn run_record(config: &TrainConfig, splits: &Splits) -> RunRecord {
     }
 }
 
-fn build_optimizer(config: &TrainConfig) -> ModuleOptimizer {
+/// The optimiser `config` asks for.
+pub fn build_optimizer(config: &TrainConfig) -> ModuleOptimizer {
     let decay =
         (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
     match config.optimizer {
@@ -462,26 +536,18 @@ struct EpochTotals {
 }
 
 impl EpochTotals {
-    fn add_block(&mut self, name: &str, distance: f64) {
-        let entry = self.blocks.entry(name.to_string()).or_default();
-        entry.0 += distance;
-        entry.1 += 1;
-    }
-
-    fn add_batch(
-        &mut self,
-        loss: f64,
-        cross_entropy: f64,
-        regulariser: f64,
-        correct: usize,
-        images: usize,
-    ) {
+    fn add(&mut self, outcome: StepOutcome) {
+        for (name, distance) in outcome.block_mswd {
+            let entry = self.blocks.entry(name).or_default();
+            entry.0 += distance;
+            entry.1 += 1;
+        }
         self.batches += 1;
-        self.images += images;
-        self.correct += correct;
-        self.loss += loss;
-        self.cross_entropy += cross_entropy;
-        self.regulariser += regulariser;
+        self.images += outcome.images;
+        self.correct += outcome.correct;
+        self.loss += outcome.loss;
+        self.cross_entropy += outcome.cross_entropy;
+        self.regulariser += outcome.regulariser;
     }
 
     fn finish(

@@ -1,6 +1,7 @@
 //! The `lacoot` command line: a thin shell over the library that parses flags, calls it and prints.
 
 mod distance;
+mod train;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -32,6 +33,10 @@ struct Cli {
 enum Command {
     /// Sliced and max-sliced Wasserstein distances between two point clouds stored in files.
     Distance(distance::DistanceArgs),
+    /// Train a network with the LaCoOT regulariser.
+    Train(train::TrainArgs),
+    /// Accuracy and loss of a trained run on a data split.
+    Eval(train::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +44,8 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.verbose);
     let outcome = match cli.command {
         Command::Distance(args) => distance::run(&args),
+        Command::Train(args) => train::run_train(&args),
+        Command::Eval(args) => train::run_eval(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
