@@ -55,27 +55,38 @@ fn symmetric_padding(padding: &PaddingConfig2d, kernel: [usize; 2]) -> [usize; 2
     }
 }
 
+/// The spatial output size of a sliding window (convolution or pooling) over `[h, w]`.
+fn windowed(
+    [h, w]: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    padding: &PaddingConfig2d,
+) -> [usize; 2] {
+    let pad = symmetric_padding(padding, kernel);
+    [0, 1].map(|axis| {
+        let length = [h, w][axis];
+        window(
+            length,
+            kernel[axis],
+            stride[axis],
+            dilation[axis],
+            pad[axis],
+        )
+    })
+}
+
 impl LayerCost for Conv2d {
     fn output_shape(&self, [_, h, w]: [usize; 3]) -> [usize; 3] {
         let [out_channels, ..] = self.weight.dims();
-        let pad = symmetric_padding(&self.padding, self.kernel_size);
-        [
-            out_channels,
-            window(
-                h,
-                self.kernel_size[0],
-                self.stride[0],
-                self.dilation[0],
-                pad[0],
-            ),
-            window(
-                w,
-                self.kernel_size[1],
-                self.stride[1],
-                self.dilation[1],
-                pad[1],
-            ),
-        ]
+        let [oh, ow] = windowed(
+            [h, w],
+            self.kernel_size,
+            self.stride,
+            self.dilation,
+            &self.padding,
+        );
+        [out_channels, oh, ow]
     }
 
     fn macs(&self, shape: [usize; 3]) -> u64 {
@@ -87,24 +98,14 @@ impl LayerCost for Conv2d {
 
 impl LayerCost for MaxPool2d {
     fn output_shape(&self, [c, h, w]: [usize; 3]) -> [usize; 3] {
-        let pad = symmetric_padding(&self.padding, self.kernel_size);
-        [
-            c,
-            window(
-                h,
-                self.kernel_size[0],
-                self.stride[0],
-                self.dilation[0],
-                pad[0],
-            ),
-            window(
-                w,
-                self.kernel_size[1],
-                self.stride[1],
-                self.dilation[1],
-                pad[1],
-            ),
-        ]
+        let [oh, ow] = windowed(
+            [h, w],
+            self.kernel_size,
+            self.stride,
+            self.dilation,
+            &self.padding,
+        );
+        [c, oh, ow]
     }
 
     fn macs(&self, _: [usize; 3]) -> u64 {

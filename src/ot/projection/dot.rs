@@ -17,48 +17,68 @@ const CHUNK: usize = 1024;
 /// Below this many columns per thread, splitting along `k` costs more than it saves.
 const MIN_COLUMNS_PER_THREAD: usize = 2048;
 
-/// Floating-point element types the kernel runs on.
-pub(crate) trait Real: Copy + Default + Send + Sync + std::ops::Add<Output = Self> {
-    /// The partial products over one range of columns, with the best kernel for this processor.
-    fn range_product(range: Range<'_, Self>) -> Vec<Self>;
+/// Floating-point element types the kernel runs on, with their SIMD kernels.
+pub(crate) trait Real:
+    Copy + Default + Send + Sync + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+    /// The AVX-512 kernel.
+    ///
+    /// # Safety
+    /// The processor must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self>;
+
+    /// The AVX2 + FMA kernel.
+    ///
+    /// # Safety
+    /// The processor must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self>;
 }
 
 impl Real for f32 {
-    fn range_product(range: Range<'_, Self>) -> Vec<Self> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the processor supports AVX-512F (checked just above).
-                return unsafe { x86::avx512_f32(range) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the processor supports AVX2 and FMA (checked just above).
-                return unsafe { x86::avx2_f32(range) };
-            }
-        }
-        portable(range)
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self> {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { x86::avx512_f32(range) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self> {
+        // SAFETY: the caller guarantees AVX2 and FMA.
+        unsafe { x86::avx2_f32(range) }
     }
 }
 
 impl Real for f64 {
-    fn range_product(range: Range<'_, Self>) -> Vec<Self> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the processor supports AVX-512F (checked just above).
-                return unsafe { x86::avx512_f64(range) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the processor supports AVX2 and FMA (checked just above).
-                return unsafe { x86::avx2_f64(range) };
-            }
-        }
-        portable(range)
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self> {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { x86::avx512_f64(range) }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self> {
+        // SAFETY: the caller guarantees AVX2 and FMA.
+        unsafe { x86::avx2_f64(range) }
+    }
+}
+
+/// The partial products over one range of columns, with the best kernel for this processor.
+fn range_product<T: Real>(range: Range<'_, T>) -> Vec<T> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the processor supports AVX-512F (checked just above).
+            return unsafe { T::avx512(range) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the processor supports AVX2 and FMA (checked just above).
+            return unsafe { T::avx2(range) };
+        }
+    }
+    portable(range)
 }
 
 /// `P = X Rᵀ` for `x: [n, d]` and `rows: [count, d]`, both row-major; returns `[n, count]` row-major.
@@ -78,11 +98,11 @@ pub(crate) fn dot_rows<T: Real>(x: &[T], rows: &[T], dim: usize) -> Vec<T> {
         count,
     };
     if threads == 1 {
-        return T::range_product(range(0));
+        return range_product(range(0));
     }
     (0..threads)
         .into_par_iter()
-        .map(|t| T::range_product(range(t)))
+        .map(|t| range_product(range(t)))
         .reduce_with(|mut total, part| {
             total.iter_mut().zip(part).for_each(|(t, p)| *t = *t + p);
             total
@@ -103,7 +123,7 @@ pub(crate) struct Range<'a, T> {
 }
 
 /// The range's products, one dot product at a time, for processors without a SIMD kernel here.
-fn portable<T: Real + std::ops::Mul<Output = T>>(range: Range<'_, T>) -> Vec<T> {
+fn portable<T: Real>(range: Range<'_, T>) -> Vec<T> {
     let Range {
         x,
         rows,
