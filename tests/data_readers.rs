@@ -200,8 +200,16 @@ fn image_folders_load_and_bad_folders_are_reported() {
             }
         }
     }
+    // One JPEG among the PNGs.
+    let jpeg = tmp.path().join("test/dogs/3.jpg");
+    image::RgbImage::from_pixel(5, 4, image::Rgb([120, 120, 120]))
+        .save(&jpeg)
+        .unwrap();
     let source = DataSource::from_name("image-folder", Some(tmp.path().to_path_buf())).unwrap();
     let splits = load_splits(&source, 0.0, 0).unwrap();
+    assert_eq!(splits.test.len(), 7);
+    let decoded = splits.test.image(6);
+    assert!(decoded.iter().all(|&v| v.abs_diff(120) <= 2), "{decoded:?}");
     assert_eq!(splits.train.shape, [3, 4, 5]);
     assert_eq!(splits.train.class_names, ["cats", "dogs"]);
     assert_eq!(splits.train.labels, [0, 0, 0, 1, 1, 1]);

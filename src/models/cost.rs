@@ -11,19 +11,20 @@ pub trait TrainableParameters {
     fn trainable_parameters(&self) -> usize;
 }
 
-impl TrainableParameters for Conv2d {
-    fn trainable_parameters(&self) -> usize {
-        self.weight.shape().num_elements()
-            + self.bias.as_ref().map_or(0, |b| b.shape().num_elements())
-    }
+/// Implements [`TrainableParameters`] for a layer with a `weight` and an optional `bias`.
+macro_rules! weight_and_bias {
+    ($layer:ty) => {
+        impl TrainableParameters for $layer {
+            fn trainable_parameters(&self) -> usize {
+                self.weight.shape().num_elements()
+                    + self.bias.as_ref().map_or(0, |b| b.shape().num_elements())
+            }
+        }
+    };
 }
 
-impl TrainableParameters for Linear {
-    fn trainable_parameters(&self) -> usize {
-        self.weight.shape().num_elements()
-            + self.bias.as_ref().map_or(0, |b| b.shape().num_elements())
-    }
-}
+weight_and_bias!(Conv2d);
+weight_and_bias!(Linear);
 
 impl TrainableParameters for BatchNorm {
     fn trainable_parameters(&self) -> usize {

@@ -36,33 +36,27 @@ pub(crate) trait Real:
     unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self>;
 }
 
-impl Real for f32 {
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self> {
-        // SAFETY: the caller guarantees AVX-512F.
-        unsafe { x86::avx512_f32(range) }
-    }
+/// Implements [`Real`] for an element type with its two x86-64 kernels.
+macro_rules! real_with_kernels {
+    ($elem:ty, $avx512:ident, $avx2:ident) => {
+        impl Real for $elem {
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self> {
+                // SAFETY: the caller guarantees AVX-512F.
+                unsafe { x86::$avx512(range) }
+            }
 
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self> {
-        // SAFETY: the caller guarantees AVX2 and FMA.
-        unsafe { x86::avx2_f32(range) }
-    }
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self> {
+                // SAFETY: the caller guarantees AVX2 and FMA.
+                unsafe { x86::$avx2(range) }
+            }
+        }
+    };
 }
 
-impl Real for f64 {
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self> {
-        // SAFETY: the caller guarantees AVX-512F.
-        unsafe { x86::avx512_f64(range) }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self> {
-        // SAFETY: the caller guarantees AVX2 and FMA.
-        unsafe { x86::avx2_f64(range) }
-    }
-}
+real_with_kernels!(f32, avx512_f32, avx2_f32);
+real_with_kernels!(f64, avx512_f64, avx2_f64);
 
 /// The partial products over one range of columns, with the best kernel for this processor.
 fn range_product<T: Real>(range: Range<'_, T>) -> Vec<T> {
