@@ -1,7 +1,7 @@
 //! Shapes and costs of layers, computed from the layer objects themselves.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::pool::MaxPool2d;
+use burn::nn::pool::{AdaptiveAvgPool2d, MaxPool2d};
 use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
 
 /// Trainable parameters of a layer (buffers such as batch-norm running statistics excluded, as in
@@ -40,11 +40,47 @@ pub trait LayerCost {
     /// Multiply-accumulates per sample for an input of `shape` (0 for layers outside the paper's
     /// conv + linear convention).
     fn macs(&self, shape: [usize; 3]) -> u64;
+
+    /// Normalisation and pooling operations per sample for an input of `shape` (see
+    /// [`super::Cost::norm_pool_macs`]); 0 for other layers.
+    fn norm_pool_macs(&self, _shape: [usize; 3]) -> u64 {
+        0
+    }
 }
 
-/// Output length of a sliding window over `length` positions.
+impl LayerCost for BatchNorm {
+    fn output_shape(&self, shape: [usize; 3]) -> [usize; 3] {
+        shape
+    }
+
+    fn macs(&self, _: [usize; 3]) -> u64 {
+        0
+    }
+
+    fn norm_pool_macs(&self, shape: [usize; 3]) -> u64 {
+        shape.iter().product::<usize>() as u64
+    }
+}
+
+impl LayerCost for AdaptiveAvgPool2d {
+    fn output_shape(&self, [c, ..]: [usize; 3]) -> [usize; 3] {
+        [c, self.output_size[0], self.output_size[1]]
+    }
+
+    fn macs(&self, _: [usize; 3]) -> u64 {
+        0
+    }
+
+    fn norm_pool_macs(&self, shape: [usize; 3]) -> u64 {
+        shape.iter().product::<usize>() as u64
+    }
+}
+
+/// Output length of a sliding window over `length` positions (0 when the window does not fit).
 fn window(length: usize, kernel: usize, stride: usize, dilation: usize, pad: usize) -> usize {
-    (length + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1
+    (length + 2 * pad)
+        .checked_sub(dilation * (kernel - 1) + 1)
+        .map_or(0, |room| room / stride + 1)
 }
 
 /// Symmetric padding `(height, width)`; `Same` keeps the size at stride 1.
@@ -98,6 +134,11 @@ impl LayerCost for Conv2d {
 }
 
 impl LayerCost for MaxPool2d {
+    fn norm_pool_macs(&self, shape: [usize; 3]) -> u64 {
+        let window: usize = self.kernel_size.iter().product();
+        (window * self.output_shape(shape).iter().product::<usize>()) as u64
+    }
+
     fn output_shape(&self, [c, h, w]: [usize; 3]) -> [usize; 3] {
         let [oh, ow] = windowed(
             [h, w],

@@ -35,12 +35,50 @@ pub struct BlockInfo {
     pub output_shape: [usize; 3],
     /// Trainable parameters of the block.
     pub parameters: usize,
-    /// Multiply-accumulates of its convolutions and linear layers, per sample.
+    /// Multiply-accumulates of its convolutions and linear layers, per sample (the paper's count).
     pub macs: u64,
+    /// Further operations of its normalisation and pooling layers, per sample (see [`Cost`]).
+    pub norm_pool_macs: u64,
     /// Whether identity can replace it: its output shape equals its input shape.
     pub collapsible: bool,
     /// Whether it is currently replaced by identity.
     pub removed: bool,
+}
+
+/// The cost of a part of a network, per sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Cost {
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Multiply-accumulates of convolutions and linear layers (the paper's convention).
+    pub macs: u64,
+    /// Operations of normalisation and pooling layers, counted as multiply-accumulates: one per
+    /// output element for batch norm (a fused scale and shift), one per window element for
+    /// pooling. ReLUs and residual additions are not counted.
+    pub norm_pool_macs: u64,
+}
+
+impl std::ops::Add for Cost {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            parameters: self.parameters + other.parameters,
+            macs: self.macs + other.macs,
+            norm_pool_macs: self.norm_pool_macs + other.norm_pool_macs,
+        }
+    }
+}
+
+impl BlockInfo {
+    /// The block's cost.
+    pub fn cost(&self) -> Cost {
+        Cost {
+            parameters: self.parameters,
+            macs: self.macs,
+            norm_pool_macs: self.norm_pool_macs,
+        }
+    }
 }
 
 /// A block's input and output features from one forward pass, each `[n, C, H, W]`.
@@ -114,32 +152,25 @@ pub trait BlockNetwork {
     /// The names of the blocks currently replaced by identity.
     fn removed_blocks(&self) -> BTreeSet<String>;
 
-    /// Conv + linear MACs per sample of everything outside the blocks (stem and head).
-    fn macs_outside_blocks(&self) -> u64;
+    /// The cost of everything outside the blocks (stem and head).
+    fn stem_and_head(&self) -> Cost;
 
-    /// Trainable parameters outside the blocks (stem and head).
-    fn parameters_outside_blocks(&self) -> usize;
-
-    /// Total conv + linear MACs per sample, removed blocks excluded.
-    fn total_macs(&self) -> u64 {
-        self.macs_outside_blocks()
-            + self
-                .blocks()
-                .iter()
-                .filter(|b| !b.removed)
-                .map(|b| b.macs)
-                .sum::<u64>()
+    /// The cost of the whole network, removed blocks excluded.
+    fn total_cost(&self) -> Cost {
+        self.blocks()
+            .iter()
+            .filter(|b| !b.removed)
+            .fold(self.stem_and_head(), |total, b| total + b.cost())
     }
 
-    /// Total trainable parameters, removed blocks excluded.
+    /// Conv + linear MACs per sample, removed blocks excluded.
+    fn total_macs(&self) -> u64 {
+        self.total_cost().macs
+    }
+
+    /// Trainable parameters, removed blocks excluded.
     fn total_parameters(&self) -> usize {
-        self.parameters_outside_blocks()
-            + self
-                .blocks()
-                .iter()
-                .filter(|b| !b.removed)
-                .map(|b| b.parameters)
-                .sum::<usize>()
+        self.total_cost().parameters
     }
 }
 

@@ -11,7 +11,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::cost::{LayerCost, TrainableParameters};
-use super::{BlockFeatures, BlockInfo, BlockNetwork, ModelError, check_removable};
+use super::{BlockFeatures, BlockInfo, BlockNetwork, Cost, ModelError, check_removable};
 
 /// The first layers of the network.
 #[derive(Config, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,11 @@ impl ResNetConfig {
         if self.in_channels == 0 || self.num_classes == 0 || self.width == 0 {
             return Err(ModelError::InvalidConfig(
                 "input channels, classes and width must be positive".into(),
+            ));
+        }
+        if self.input_size == 0 {
+            return Err(ModelError::InvalidConfig(
+                "input size 0 is too small for this stem".into(),
             ));
         }
         let (kernel, stride, pad) = match self.stem {
@@ -192,6 +197,12 @@ impl BasicBlock {
             + shortcut
     }
 
+    fn norm_pool_macs(&self, shape: [usize; 3]) -> u64 {
+        let out = self.output_shape(shape);
+        let norms = if self.downsample.is_some() { 3 } else { 2 };
+        norms * out.iter().product::<usize>() as u64
+    }
+
     fn macs(&self, shape: [usize; 3]) -> u64 {
         let shortcut = self
             .downsample
@@ -260,6 +271,7 @@ impl BlockNetwork for ResNet {
                     output_shape,
                     parameters: block.parameters(),
                     macs: block.macs(shape),
+                    norm_pool_macs: block.norm_pool_macs(shape),
                     collapsible: output_shape == shape,
                 };
                 shape = output_shape;
@@ -304,15 +316,21 @@ impl BlockNetwork for ResNet {
         self.removed.clone()
     }
 
-    fn macs_outside_blocks(&self) -> u64 {
-        let stem = self.conv1.macs(self.input_shape);
-        stem + self.fc.macs([0, 0, 0])
-    }
-
-    fn parameters_outside_blocks(&self) -> usize {
-        self.conv1.trainable_parameters()
-            + self.bn1.trainable_parameters()
-            + self.fc.trainable_parameters()
+    fn stem_and_head(&self) -> Cost {
+        let stem_shape = self.conv1.output_shape(self.input_shape);
+        let last_shape = self
+            .blocks()
+            .last()
+            .map_or(self.stem_output_shape(), |b| b.output_shape);
+        Cost {
+            parameters: self.conv1.trainable_parameters()
+                + self.bn1.trainable_parameters()
+                + self.fc.trainable_parameters(),
+            macs: self.conv1.macs(self.input_shape) + self.fc.macs(last_shape),
+            norm_pool_macs: self.bn1.norm_pool_macs(stem_shape)
+                + self.maxpool.norm_pool_macs(stem_shape)
+                + self.avgpool.norm_pool_macs(last_shape),
+        }
     }
 }
 
@@ -332,6 +350,9 @@ mod tests {
         let net = cifar18();
         assert_eq!(net.total_parameters(), 11_173_962);
         assert_eq!(net.total_macs(), 140_186_624);
+        // Batch norms 65 536 + 65 536 + 40 960 + 20 480 + 10 240, max-pool 9 x 16 384,
+        // average pool 2 048 (hand count, see `Cost`).
+        assert_eq!(net.total_cost().norm_pool_macs, 352_256);
         let blocks = net.blocks();
         let collapsible: Vec<&str> = blocks
             .iter()

@@ -1,6 +1,7 @@
 //! The `lacoot` command line: a thin shell over the library that parses flags, calls it and prints.
 
 mod distance;
+mod inspect;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Sliced and max-sliced Wasserstein distances between two point clouds stored in files.
     Distance(distance::DistanceArgs),
+    /// A network's blocks, shapes, collapsibility, parameters and MACs.
+    Inspect(inspect::InspectArgs),
     /// Train a network with the LaCoOT regulariser.
     Train(train::TrainArgs),
     /// Accuracy and loss of a trained run on a data split.
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.verbose);
     let outcome = match cli.command {
         Command::Distance(args) => distance::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::Train(args) => train::run_train(&args),
         Command::Eval(args) => train::run_eval(&args),
     };
