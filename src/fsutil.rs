@@ -38,6 +38,39 @@ pub fn write_atomic_with<E: From<std::io::Error>>(
     result
 }
 
+/// A fresh, empty staging folder beside `target` (`target.tmp`), for [`swap_in_dir`].
+pub fn staging_dir(target: &Path) -> std::io::Result<PathBuf> {
+    let staging = sibling(target, "tmp");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    Ok(staging)
+}
+
+/// Replaces the folder `target` by the complete folder `staging`: the old one is moved aside,
+/// the new one renamed into place, then the old one deleted, so `target` is always either the old
+/// or the new folder, never a half-written one.
+pub fn swap_in_dir(staging: &Path, target: &Path) -> std::io::Result<()> {
+    let retired = sibling(target, "old");
+    if retired.exists() {
+        std::fs::remove_dir_all(&retired)?;
+    }
+    if target.exists() {
+        std::fs::rename(target, &retired)?;
+    }
+    std::fs::rename(staging, target)?;
+    if retired.exists() {
+        std::fs::remove_dir_all(&retired)?;
+    }
+    Ok(())
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +87,21 @@ mod tests {
             write_atomic_with(&path, |_| Err(std::io::Error::other("disk full")));
         assert!(failed.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
+    }
+
+    #[test]
+    fn a_folder_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("model");
+        for content in ["first", "second"] {
+            let staging = staging_dir(&target).unwrap();
+            std::fs::write(staging.join("weights"), content).unwrap();
+            swap_in_dir(&staging, &target).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(target.join("weights")).unwrap(),
+            "second"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

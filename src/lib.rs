@@ -13,9 +13,11 @@
 //! - [`device`]: the one place that chooses the compute device.
 
 pub mod arrays;
+pub mod collapse;
 pub mod data;
 pub mod device;
 pub mod fsutil;
 pub mod models;
 pub mod ot;
+pub mod report;
 pub mod train;

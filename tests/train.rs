@@ -1,44 +1,15 @@
 //! Training end to end on tiny data: it learns, the regulariser reaches every regularised block,
 //! runs resume exactly, and failures keep the last good checkpoint.
 
+mod common;
+
 use std::path::Path;
 
+use common::write_toy_data;
+
 use lacoot::data::DataSource;
-use lacoot::data::idx::encode_idx;
 use lacoot::models::{Architecture, StemKind};
 use lacoot::train::{RegularisedBlocks, RunPaths, Silent, TrainConfig, load_run_model, train};
-
-/// Writes a learnable 10-class IDX data set: each class is a bright square at its own position on
-/// an 8x8 canvas, with deterministic noise.
-fn write_toy_data(root: &Path, per_class: usize) {
-    for split in ["train", "t10k"] {
-        let count = per_class * 10;
-        let mut pixels = Vec::with_capacity(count * 64);
-        let mut labels = Vec::with_capacity(count);
-        for i in 0..count {
-            let class = i % 10;
-            let (cy, cx) = (class / 4 * 2 + 1, class % 4 * 2);
-            for y in 0..8 {
-                for x in 0..8 {
-                    let inside = (cy..cy + 2).contains(&y) && (cx..cx + 2).contains(&x);
-                    let noise = ((i * 31 + y * 7 + x * 13) % 40) as u8;
-                    pixels.push(if inside { 200 + noise } else { noise });
-                }
-            }
-            labels.push(class as u8);
-        }
-        std::fs::write(
-            root.join(format!("{split}-images-idx3-ubyte")),
-            encode_idx(&[count, 8, 8], &pixels),
-        )
-        .unwrap();
-        std::fs::write(
-            root.join(format!("{split}-labels-idx1-ubyte")),
-            encode_idx(&[count], &labels),
-        )
-        .unwrap();
-    }
-}
 
 fn tiny_config(data: &Path, epochs: usize, lambda: f64) -> TrainConfig {
     TrainConfig {

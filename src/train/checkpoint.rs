@@ -2,7 +2,7 @@
 //! optimiser state and the trainer's state, written as a folder that replaces the previous one
 //! only once complete.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
@@ -34,16 +34,11 @@ pub(crate) fn save<M: Module + ModuleSnapshot>(
     optimizer: Option<&ModuleOptimizer>,
     state: &TrainerState,
 ) -> Result<(), TrainError> {
-    let staging = sibling(dir, "tmp");
-    let retired = sibling(dir, "old");
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TrainError::Io { path, source }
     };
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let staging = crate::fsutil::staging_dir(dir).map_err(io(dir))?;
     let mut store = BurnpackStore::from_file(staging.join(MODEL_FILE))
         .auto_extension(false)
         .overwrite(true);
@@ -57,16 +52,7 @@ pub(crate) fn save<M: Module + ModuleSnapshot>(
     }
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     std::fs::write(staging.join(STATE_FILE), json).map_err(io(&staging))?;
-    if retired.exists() {
-        std::fs::remove_dir_all(&retired).map_err(io(&retired))?;
-    }
-    if dir.exists() {
-        std::fs::rename(dir, &retired).map_err(io(dir))?;
-    }
-    std::fs::rename(&staging, dir).map_err(io(dir))?;
-    if retired.exists() {
-        std::fs::remove_dir_all(&retired).map_err(io(&retired))?;
-    }
+    crate::fsutil::swap_in_dir(&staging, dir).map_err(io(dir))?;
     Ok(())
 }
 
@@ -113,9 +99,4 @@ pub(crate) fn load_training_state(
     let state = serde_json::from_str(&text)
         .map_err(|e| TrainError::Checkpoint(state_path, e.to_string()))?;
     Ok((optimizer, state))
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    dir.with_file_name(format!("{name}.{suffix}"))
 }

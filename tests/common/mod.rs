@@ -75,3 +75,35 @@ pub fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data
     writer.extend(data.iter().copied()).unwrap();
     writer.finish().unwrap();
 }
+
+/// Writes a learnable 10-class IDX data set: each class is a bright square at its own position on
+/// an 8x8 canvas, with deterministic noise.
+pub fn write_toy_data(root: &Path, per_class: usize) {
+    for split in ["train", "t10k"] {
+        let count = per_class * 10;
+        let mut pixels = Vec::with_capacity(count * 64);
+        let mut labels = Vec::with_capacity(count);
+        for i in 0..count {
+            let class = i % 10;
+            let (cy, cx) = (class / 4 * 2 + 1, class % 4 * 2);
+            for y in 0..8 {
+                for x in 0..8 {
+                    let inside = (cy..cy + 2).contains(&y) && (cx..cx + 2).contains(&x);
+                    let noise = ((i * 31 + y * 7 + x * 13) % 40) as u8;
+                    pixels.push(if inside { 200 + noise } else { noise });
+                }
+            }
+            labels.push(class as u8);
+        }
+        std::fs::write(
+            root.join(format!("{split}-images-idx3-ubyte")),
+            lacoot::data::idx::encode_idx(&[count, 8, 8], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(format!("{split}-labels-idx1-ubyte")),
+            lacoot::data::idx::encode_idx(&[count], &labels),
+        )
+        .unwrap();
+    }
+}

@@ -1,5 +1,6 @@
 //! The `lacoot` command line: a thin shell over the library that parses flags, calls it and prints.
 
+mod collapse;
 mod distance;
 mod inspect;
 mod train;
@@ -38,8 +39,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Train a network with the LaCoOT regulariser.
     Train(train::TrainArgs),
-    /// Accuracy and loss of a trained run on a data split.
+    /// Accuracy and loss of a trained run, or of a collapsed model, on a data split.
     Eval(train::EvalArgs),
+    /// Remove blocks without finetuning; report accuracy, MACs and measured latency per removal.
+    Collapse(collapse::CollapseArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Train(args) => train::run_train(&args),
         Command::Eval(args) => train::run_eval(&args),
+        Command::Collapse(args) => collapse::run(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -232,8 +232,17 @@ impl TrainObserver for EpochBars {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// The run folder written by lacoot train.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
+    run: Option<PathBuf>,
+
+    /// A model saved by lacoot collapse (the folder holding manifest.json).
     #[arg(long, value_name = "DIR")]
-    run: PathBuf,
+    model: Option<PathBuf>,
 
     /// Which checkpoint: best (validation accuracy) or last.
     #[arg(long, default_value = "best", value_parser = ["best", "last"])]
@@ -260,49 +269,63 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// Evaluates a checkpoint and prints accuracy and loss.
+/// Evaluates a checkpoint or a saved model and prints accuracy and loss.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    let run = RunPaths::new(&args.run);
-    let checkpoint = match args.checkpoint.as_str() {
-        "last" => run.last(),
-        _ => run.best(),
-    };
-    let (record, model) = load_run_model(&run, &checkpoint)?;
+    let (source_name, model, normalization, data, validation_fraction, seed) =
+        match (&args.run, &args.model) {
+            (Some(run_dir), _) => {
+                let run = RunPaths::new(run_dir);
+                let checkpoint = match args.checkpoint.as_str() {
+                    "last" => run.last(),
+                    _ => run.best(),
+                };
+                let (record, model) = load_run_model(&run, &checkpoint)?;
+                let name = format!("{} ({} checkpoint)", run_dir.display(), args.checkpoint);
+                (
+                    name,
+                    model,
+                    record.normalization,
+                    record.config.data,
+                    record.config.validation_fraction,
+                    record.config.seed,
+                )
+            }
+            (None, Some(dir)) => {
+                let (manifest, model) = lacoot::collapse::saved::load_model(dir)?;
+                (
+                    dir.display().to_string(),
+                    model,
+                    manifest.normalization,
+                    manifest.data,
+                    manifest.validation_fraction,
+                    manifest.seed,
+                )
+            }
+            (None, None) => bail!("give --run or --model"),
+        };
     let source = match &args.data {
         Some(name) => {
             DataSource::from_name(name, args.data_dir.clone()).map_err(anyhow::Error::msg)?
         }
-        None => record.config.data.clone(),
+        None => data,
     };
-    let splits = load_splits(
-        &source,
-        record.config.validation_fraction,
-        record.config.seed,
-    )?;
+    let splits = load_splits(&source, validation_fraction, seed)?;
     let set = match args.split.as_str() {
         "val" => splits.validation,
         _ => splits.test,
     };
-    let evaluation = evaluate(
-        &model,
-        &Arc::new(set),
-        &record.normalization,
-        args.batch_size,
-    );
+    let evaluation = evaluate(&model, &Arc::new(set), &normalization, args.batch_size);
     if args.json {
         println!(
             "{}",
             json!({
-                "run": args.run, "checkpoint": args.checkpoint, "split": args.split,
-                "data": splits.description, "accuracy": evaluation.accuracy,
-                "loss": evaluation.loss, "images": evaluation.images,
+                "model": source_name, "split": args.split, "data": splits.description,
+                "accuracy": evaluation.accuracy, "loss": evaluation.loss, "images": evaluation.images,
             })
         );
     } else {
         println!(
-            "{} ({} checkpoint) on {} {}: accuracy {:.2} %, loss {:.4}, {} images",
-            args.run.display(),
-            args.checkpoint,
+            "{source_name} on {} {}: accuracy {:.2} %, loss {:.4}, {} images",
             splits.description,
             args.split,
             100.0 * evaluation.accuracy,

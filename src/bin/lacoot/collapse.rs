@@ -1,0 +1,137 @@
+//! `lacoot collapse`: remove blocks without finetuning and report what each removal costs and saves.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use lacoot::collapse::saved::{Manifest, save_model};
+use lacoot::collapse::{CollapseSettings, Criterion, LatencySettings, ScoreSettings, collapse};
+use lacoot::report::{collapse_table, write_collapse_report};
+use lacoot::train::{RegularisedBlocks, RunPaths};
+
+/// Score every collapsible block of a trained run on its validation split, replace the lowest
+/// scoring blocks by identity one at a time (no finetuning), and after each removal measure test
+/// accuracy and loss, parameters, MACs and real latency (batch 1 and 64, median after warm-up).
+/// The chosen network is the deepest removal whose accuracy drop stays within --max-drop points
+/// and, if given, reaches --target-macs.
+///
+/// Writes into RUN/collapse/: report.json (every number), report.md (the table) and model/
+/// (safetensors weights of the kept blocks + manifest.json), which `lacoot eval --model` reloads.
+///
+/// Example: lacoot collapse --run runs/fm --criterion mswd --max-drop 0.5
+#[derive(Debug, Args)]
+pub struct CollapseArgs {
+    /// The run folder written by lacoot train (its best checkpoint is collapsed).
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+
+    /// How blocks are ranked: mswd (the paper), swd, block-influence, angular, random, loss-drop.
+    #[arg(long, value_enum, default_value = "mswd")]
+    criterion: Criterion,
+
+    /// Largest acceptable test-accuracy drop, in percentage points.
+    #[arg(long, default_value_t = 0.5)]
+    max_drop: f64,
+
+    /// MACs the chosen network must not exceed (e.g. 70M, 1.5G, 64690000).
+    #[arg(long, value_parser = parse_macs)]
+    target_macs: Option<u64>,
+
+    /// Removable blocks: every shape-preserving block, or the paper's (all but the first of each
+    /// stage).
+    #[arg(long, value_enum, default_value = "all")]
+    blocks: RegularisedBlocks,
+
+    /// Directions per distance when scoring (more than in training, so the ranking is stable).
+    #[arg(long, default_value_t = 500)]
+    num_projections: usize,
+
+    /// Seed of the scoring directions and of the random criterion.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Images per batch for scoring and evaluation.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+
+    /// Timed forward passes per latency measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    latency_repeats: usize,
+}
+
+/// Parses `70M`, `1.5G`, `64690000`.
+fn parse_macs(text: &str) -> Result<u64, String> {
+    let (number, scale) = match text.trim().to_ascii_uppercase() {
+        t if t.ends_with('G') => (t[..t.len() - 1].to_string(), 1e9),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_string(), 1e6),
+        t if t.ends_with('K') => (t[..t.len() - 1].to_string(), 1e3),
+        t => (t, 1.0),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a MAC count such as 70M or 1.5G"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("'{text}' must be positive"));
+    }
+    Ok((value * scale).round() as u64)
+}
+
+/// Runs the collapse, writes the report and the model, prints the table.
+pub fn run(args: &CollapseArgs) -> Result<()> {
+    let run = RunPaths::new(&args.run);
+    if !run.config().is_file() {
+        bail!("{}: not a lacoot run (no config.json)", args.run.display());
+    }
+    let settings = CollapseSettings {
+        criterion: args.criterion,
+        blocks: args.blocks,
+        max_drop: args.max_drop,
+        target_macs: args.target_macs,
+        score: ScoreSettings {
+            num_projections: args.num_projections,
+            seed: args.seed,
+            batch_size: args.batch_size,
+        },
+        latency: LatencySettings {
+            warmup: 3,
+            repeats: args.latency_repeats,
+        },
+    };
+    let (report, model) = collapse(&run, &settings, &|message| eprintln!("{message}"))?;
+    let record = run.read_record()?;
+    let out = args.run.join("collapse");
+    let manifest = Manifest {
+        model: lacoot::models::ModelSpec {
+            removed_blocks: report.order[..report.steps[report.chosen].blocks_removed].to_vec(),
+            ..record.model.clone()
+        },
+        normalization: record.normalization.clone(),
+        data: record.config.data.clone(),
+        validation_fraction: record.config.validation_fraction,
+        seed: record.config.seed,
+        source_run: args.run.clone(),
+        test_accuracy: report.steps[report.chosen].test_accuracy,
+    };
+    save_model(&out.join("model"), &model, &manifest)?;
+    write_collapse_report(&out, &report)?;
+    println!("{}", collapse_table(&report));
+    println!(
+        "report: {0}/report.md and {0}/report.json; model: {0}/model (lacoot eval --model {0}/model)",
+        out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_macs;
+
+    #[test]
+    fn mac_counts_parse_with_units() {
+        assert_eq!(parse_macs("70M"), Ok(70_000_000));
+        assert_eq!(parse_macs("1.5g"), Ok(1_500_000_000));
+        assert_eq!(parse_macs("64690000"), Ok(64_690_000));
+        assert!(parse_macs("lots").is_err());
+        assert!(parse_macs("-3M").is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! The shallower model a collapse hands back: weights of the kept blocks (safetensors) and a
+//! manifest (JSON) that rebuilds the architecture, removals included.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+
+use super::CollapseError;
+use crate::data::{DataSource, Normalization};
+use crate::device::default_device;
+use crate::fsutil::{staging_dir, swap_in_dir};
+use crate::models::{BlockNetwork, ModelError, ModelSpec, ResNet};
+
+const WEIGHTS_FILE: &str = "model.safetensors";
+const MANIFEST_FILE: &str = "manifest.json";
+
+/// Everything needed to rebuild and evaluate a saved model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The architecture, with the removed blocks.
+    pub model: ModelSpec,
+    /// Input normalisation.
+    pub normalization: Normalization,
+    /// The data the model was trained and measured on.
+    pub data: DataSource,
+    /// The validation fraction and seed of the training run (they define the splits).
+    pub validation_fraction: f64,
+    /// The training run's seed.
+    pub seed: u64,
+    /// The run the model comes from.
+    pub source_run: PathBuf,
+    /// Test accuracy measured before saving.
+    pub test_accuracy: f64,
+}
+
+/// Writes `dir/model.safetensors` (only the kept blocks' weights) and `dir/manifest.json`,
+/// atomically as a folder.
+pub fn save_model(dir: &Path, model: &ResNet, manifest: &Manifest) -> Result<(), CollapseError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CollapseError::Io { path, source }
+    };
+    let staging = staging_dir(dir).map_err(io(dir))?;
+    let removed: Vec<String> = model
+        .removed_blocks()
+        .into_iter()
+        .map(|b| format!("{b}."))
+        .collect();
+    let kept: Vec<String> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|name| !removed.iter().any(|prefix| name.starts_with(prefix)))
+        .collect();
+    let weights = staging.join(WEIGHTS_FILE);
+    let mut store = SafetensorsStore::from_file(&weights)
+        .with_full_paths(kept)
+        .overwrite(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| weights_error(&weights, e.to_string()))?;
+    let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    std::fs::write(staging.join(MANIFEST_FILE), json).map_err(io(&staging))?;
+    swap_in_dir(&staging, dir).map_err(io(dir))
+}
+
+/// Reads a saved model: rebuilds it from the manifest and loads its weights (eval mode, plain
+/// device).
+pub fn load_model(dir: &Path) -> Result<(Manifest, ResNet), CollapseError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest_path).map_err(|source| CollapseError::Io {
+        path: manifest_path.clone(),
+        source,
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| weights_error(&manifest_path, format!("not a valid manifest: {e}")))?;
+    let mut model = manifest.model.build(&default_device())?;
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Err(weights_error(&weights, "missing".into()));
+    }
+    let mut store = SafetensorsStore::from_file(&weights).allow_partial(true);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| weights_error(&weights, e.to_string()))?;
+    let removed: Vec<String> = model
+        .removed_blocks()
+        .into_iter()
+        .map(|b| format!("{b}."))
+        .collect();
+    let missing: Vec<String> = result
+        .missing
+        .iter()
+        .map(|(key, _)| key.clone())
+        .filter(|key| !removed.iter().any(|prefix| key.starts_with(prefix)))
+        .collect();
+    if !missing.is_empty() || !result.errors.is_empty() || !result.unused.is_empty() {
+        return Err(weights_error(
+            &weights,
+            format!(
+                "does not match its manifest (missing: [{}], unexpected: [{}])",
+                missing.join(", "),
+                result.unused.join(", ")
+            ),
+        ));
+    }
+    Ok((manifest, model.valid()))
+}
+
+fn weights_error(path: &Path, reason: String) -> CollapseError {
+    CollapseError::Model(ModelError::Weights {
+        path: path.to_path_buf(),
+        reason,
+    })
+}

@@ -1,0 +1,95 @@
+//! Reports a person reads: the collapse table as Markdown, and the JSON beside it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::collapse::CollapseReport;
+use crate::fsutil::write_atomic;
+
+/// The collapse as a Markdown document: settings, scores, and one row per removal step with the
+/// chosen one marked.
+pub fn collapse_markdown(report: &CollapseReport) -> String {
+    let mut out = String::new();
+    let s = &report.settings;
+    let _ = writeln!(out, "# Collapse of `{}`\n", report.run.display());
+    let _ = writeln!(
+        out,
+        "Criterion `{:?}`, removable blocks `{:?}`, budget: accuracy drop ≤ {} points{}. Data: {}. No finetuning.\n",
+        s.criterion,
+        s.blocks,
+        s.max_drop,
+        s.target_macs.map_or(String::new(), |t| format!(
+            ", MACs ≤ {:.2} M",
+            t as f64 / 1e6
+        )),
+        report.data
+    );
+    out.push_str(&collapse_table(report));
+    if !report.scores.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nScores (lower = more removable), in removal order:\n"
+        );
+        let _ = writeln!(out, "| block | score |\n|---|---:|");
+        for name in &report.order {
+            let _ = writeln!(
+                out,
+                "| {name} | {:.6} |",
+                report.scores.get(name).copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    let chosen = &report.steps[report.chosen];
+    let _ = writeln!(
+        out,
+        "\nChosen: {} block(s) removed: {:.2} % test accuracy ({:+.2} points), {:.2} M MACs (÷{:.2}), measured speed-up ×{:.2} at batch 1 and ×{:.2} at batch 64.",
+        chosen.blocks_removed,
+        100.0 * chosen.test_accuracy,
+        -chosen.accuracy_drop_points,
+        chosen.macs as f64 / 1e6,
+        chosen.macs_reduction,
+        chosen.speedup_batch1,
+        chosen.speedup_batch64
+    );
+    out
+}
+
+/// The step table (also what the terminal shows).
+pub fn collapse_table(report: &CollapseReport) -> String {
+    let mut out = String::from(
+        "| removed | block | test acc. | drop (pts) | params | MACs | MACs ÷ | latency b1 | ×b1 | latency b64 | ×b64 |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (index, step) in report.steps.iter().enumerate() {
+        let marker = if index == report.chosen {
+            " ◀ chosen"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {}{} | {:.2} % | {:.2} | {:.2} M | {:.2} M | {:.2} | {:.2} ms | {:.2} | {:.1} ms | {:.2} |",
+            step.blocks_removed,
+            step.removed_block.as_deref().unwrap_or("(full)"),
+            marker,
+            100.0 * step.test_accuracy,
+            step.accuracy_drop_points,
+            step.parameters as f64 / 1e6,
+            step.macs as f64 / 1e6,
+            step.macs_reduction,
+            step.latency_batch1_ms,
+            step.speedup_batch1,
+            step.latency_batch64_ms,
+            step.speedup_batch64
+        );
+    }
+    out
+}
+
+/// Writes `report.json` and `report.md` into `dir`, each atomically.
+pub fn write_collapse_report(dir: &Path, report: &CollapseReport) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec_pretty(report).expect("report serialises");
+    write_atomic(&dir.join("report.json"), &json)?;
+    write_atomic(&dir.join("report.md"), collapse_markdown(report).as_bytes())
+}

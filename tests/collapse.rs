@@ -1,0 +1,206 @@
+//! Collapse on a tiny trained run: every criterion ranks every candidate, the chosen model saves
+//! and reloads to the same logits, and budgets and broken files are reported.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::tensor::Tensor;
+use common::{values, write_toy_data};
+use lacoot::collapse::saved::{Manifest, load_model, save_model};
+use lacoot::collapse::{
+    CollapseError, CollapseSettings, Criterion, LatencySettings, ScoreSettings, collapse,
+    static_scores,
+};
+use lacoot::data::{DataSource, load_splits};
+use lacoot::device::default_device;
+use lacoot::models::BlockNetwork;
+use lacoot::train::{RegularisedBlocks, RunPaths, Silent, TrainConfig, load_run_model, train};
+
+fn trained_run(root: &Path) -> RunPaths {
+    write_toy_data(root, 4);
+    let run = RunPaths::new(root.join("run"));
+    let config = TrainConfig {
+        width: 4,
+        data: DataSource::Mnist {
+            root: root.to_path_buf(),
+        },
+        validation_fraction: 0.25,
+        epochs: 3,
+        batch_size: 10,
+        num_projections: 4,
+        augmentation: None,
+        ..TrainConfig::default()
+    };
+    train(&config, &run, false, &Silent).unwrap();
+    run
+}
+
+fn settings(criterion: Criterion) -> CollapseSettings {
+    CollapseSettings {
+        criterion,
+        blocks: RegularisedBlocks::All,
+        max_drop: 100.0,
+        target_macs: None,
+        score: ScoreSettings {
+            num_projections: 16,
+            seed: 1,
+            batch_size: 10,
+        },
+        latency: LatencySettings {
+            warmup: 0,
+            repeats: 1,
+        },
+    }
+}
+
+#[test]
+fn every_criterion_ranks_every_candidate_and_random_follows_its_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run(tmp.path());
+    let (record, model) = load_run_model(&run, &run.best()).unwrap();
+    let expected: BTreeSet<String> = ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+        .map(String::from)
+        .into();
+    for criterion in [
+        Criterion::Mswd,
+        Criterion::Swd,
+        Criterion::BlockInfluence,
+        Criterion::Angular,
+        Criterion::Random,
+        Criterion::LossDrop,
+    ] {
+        let (report, _) = collapse(&run, &settings(criterion), &|_| {}).unwrap();
+        let order: BTreeSet<String> = report.order.iter().cloned().collect();
+        assert_eq!(order, expected, "{criterion:?}");
+        assert_eq!(report.steps.len(), 6);
+        assert!(
+            report.scores.values().all(|s| s.is_finite()),
+            "{criterion:?}: {:?}",
+            report.scores
+        );
+        // Every step removes one more block; costs only fall.
+        for pair in report.steps.windows(2) {
+            assert!(pair[1].macs < pair[0].macs && pair[1].parameters < pair[0].parameters);
+        }
+        assert_eq!(
+            report.chosen, 5,
+            "with an unlimited budget the deepest removal is chosen"
+        );
+    }
+    let splits = load_splits(&record.config.data, 0.25, record.config.seed).unwrap();
+    let validation = Arc::new(splits.validation);
+    let random = |seed| {
+        let score = ScoreSettings {
+            seed,
+            ..settings(Criterion::Random).score
+        };
+        static_scores(
+            &model,
+            &expected,
+            &validation,
+            &record.normalization,
+            Criterion::Random,
+            &score,
+        )
+        .unwrap()
+    };
+    assert_eq!(random(7), random(7));
+    assert_ne!(random(7), random(8));
+}
+
+#[test]
+fn the_saved_model_reloads_to_the_same_logits_and_broken_files_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run(tmp.path());
+    let (record, mut model) = load_run_model(&run, &run.best()).unwrap();
+    let removed = vec!["layer1.1".to_string(), "layer3.1".to_string()];
+    model.remove_blocks(&removed).unwrap();
+    let manifest = Manifest {
+        model: lacoot::models::ModelSpec {
+            removed_blocks: removed.clone(),
+            ..record.model.clone()
+        },
+        normalization: record.normalization.clone(),
+        data: record.config.data.clone(),
+        validation_fraction: 0.25,
+        seed: record.config.seed,
+        source_run: run.root.clone(),
+        test_accuracy: 0.0,
+    };
+    let dir = tmp.path().join("saved");
+    save_model(&dir, &model, &manifest).unwrap();
+    let (loaded_manifest, reloaded) = load_model(&dir).unwrap();
+    assert_eq!(loaded_manifest, manifest);
+    assert_eq!(reloaded.removed_blocks(), removed.iter().cloned().collect());
+    let input = Tensor::<4>::random(
+        [3, 1, 8, 8],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &default_device(),
+    );
+    assert_eq!(
+        values(model.forward(input.clone())),
+        values(reloaded.forward(input))
+    );
+
+    // Removed blocks' weights are not stored.
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("layer1.0.")));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("layer1.1.") || n.starts_with("layer3.1."))
+    );
+
+    std::fs::write(dir.join("manifest.json"), "{ not json").unwrap();
+    let message = load_model(&dir).unwrap_err().to_string();
+    assert!(
+        message.contains("manifest.json") && message.contains("not a valid manifest"),
+        "{message}"
+    );
+
+    let mut wrong = manifest.clone();
+    wrong.model.removed_blocks = vec!["layer1.1".into()];
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&wrong).unwrap(),
+    )
+    .unwrap();
+    let message = load_model(&dir).unwrap_err().to_string();
+    assert!(
+        message.contains("does not match its manifest") && message.contains("layer3.1"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_budget_nothing_meets_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run(tmp.path());
+    let strict = CollapseSettings {
+        target_macs: Some(1),
+        ..settings(Criterion::Random)
+    };
+    match collapse(&run, &strict, &|_| {}) {
+        Err(CollapseError::Budget(message)) => {
+            assert!(message.contains("above the target"), "{message}")
+        }
+        other => panic!("expected a budget error, got {other:?}"),
+    }
+    let missing = RunPaths::new(tmp.path().join("no-run"));
+    let message = collapse(&missing, &settings(Criterion::Mswd), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("no-run") && message.contains("config.json"),
+        "{message}"
+    );
+}
