@@ -204,3 +204,31 @@ fn a_budget_nothing_meets_is_reported() {
         "{message}"
     );
 }
+
+#[test]
+fn reports_and_plots_are_written_for_a_person() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run(tmp.path());
+    let (report, _) = collapse(&run, &settings(Criterion::Mswd), &|_| {}).unwrap();
+    let out = tmp.path().join("collapse");
+    lacoot::report::write_collapse_report(&out, &report).unwrap();
+    lacoot::report::write_collapse_plots(&out, &report).unwrap();
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        markdown.contains("◀ chosen") && markdown.contains("| 5 |"),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["steps"].as_array().unwrap().len(), 6);
+    assert_eq!(json["order"].as_array().unwrap().len(), 5);
+    for name in ["accuracy_vs_blocks", "accuracy_vs_macs"] {
+        let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("chosen"));
+        let png = image::open(out.join(format!("{name}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (720, 440));
+        // Not a blank canvas: some pixels are neither white nor uniform.
+        let rgb = png.to_rgb8();
+        assert!(rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000);
+    }
+}

@@ -1,10 +1,14 @@
-//! Reports a person reads: the collapse table as Markdown, and the JSON beside it.
+//! Reports a person reads: the collapse table as Markdown, the JSON beside it, and plots.
+
+mod plots;
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::collapse::CollapseReport;
 use crate::fsutil::write_atomic;
+
+pub use plots::{PlotError, write_collapse_plots};
 
 /// The collapse as a Markdown document: settings, scores, and one row per removal step with the
 /// chosen one marked.

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use lacoot::collapse::saved::{Manifest, save_model};
 use lacoot::collapse::{CollapseSettings, Criterion, LatencySettings, ScoreSettings, collapse};
-use lacoot::report::{collapse_table, write_collapse_report};
+use lacoot::report::{collapse_table, write_collapse_plots, write_collapse_report};
 use lacoot::train::{RegularisedBlocks, RunPaths};
 
 /// Score every collapsible block of a trained run on its validation split, replace the lowest
@@ -114,9 +114,10 @@ pub fn run(args: &CollapseArgs) -> Result<()> {
     };
     save_model(&out.join("model"), &model, &manifest)?;
     write_collapse_report(&out, &report)?;
+    write_collapse_plots(&out, &report)?;
     println!("{}", collapse_table(&report));
     println!(
-        "report: {0}/report.md and {0}/report.json; model: {0}/model (lacoot eval --model {0}/model)",
+        "report: {0}/report.md and {0}/report.json; plots: {0}/accuracy_vs_blocks.svg|png, {0}/accuracy_vs_macs.svg|png\nmodel: {0}/model (lacoot eval --model {0}/model)",
         out.display()
     );
     Ok(())
