@@ -34,6 +34,29 @@ pub struct Manifest {
     pub test_accuracy: f64,
 }
 
+impl Manifest {
+    /// The manifest of the network `report` chose from the run recorded in `record`.
+    pub fn for_chosen(
+        record: &crate::train::RunRecord,
+        run: &Path,
+        report: &super::CollapseReport,
+    ) -> Self {
+        let chosen = &report.steps[report.chosen];
+        Self {
+            model: ModelSpec {
+                removed_blocks: report.order[..chosen.blocks_removed].to_vec(),
+                ..record.model.clone()
+            },
+            normalization: record.normalization.clone(),
+            data: record.config.data.clone(),
+            validation_fraction: record.config.validation_fraction,
+            seed: record.config.seed,
+            source_run: run.to_path_buf(),
+            test_accuracy: chosen.test_accuracy,
+        }
+    }
+}
+
 /// Writes `dir/model.safetensors` (only the kept blocks' weights) and `dir/manifest.json`,
 /// atomically as a folder.
 pub fn save_model(dir: &Path, model: &ResNet, manifest: &Manifest) -> Result<(), CollapseError> {

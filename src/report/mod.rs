@@ -90,6 +90,44 @@ pub fn collapse_table(report: &CollapseReport) -> String {
     out
 }
 
+/// What can go wrong publishing a collapse.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The run record could not be read.
+    #[error(transparent)]
+    Run(#[from] crate::train::TrainError),
+    /// The model could not be saved.
+    #[error(transparent)]
+    Model(#[from] crate::collapse::CollapseError),
+    /// A plot could not be written.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    /// A file could not be written.
+    #[error("{0}: {1}")]
+    Io(std::path::PathBuf, std::io::Error),
+}
+
+/// Writes everything a collapse produced into `RUN/collapse/`: `report.json`, `report.md`, the
+/// plots and `model/` (the chosen network with its manifest). The folder is built aside and
+/// replaces the previous one only once complete. Returns its path.
+pub fn publish_collapse(
+    run: &crate::train::RunPaths,
+    report: &CollapseReport,
+    chosen_model: &crate::models::ResNet,
+) -> Result<std::path::PathBuf, PublishError> {
+    use crate::collapse::saved::{Manifest, save_model};
+    let record = run.read_record()?;
+    let out = run.root.join("collapse");
+    let io = |e| PublishError::Io(out.clone(), e);
+    let staging = crate::fsutil::staging_dir(&out).map_err(io)?;
+    let manifest = Manifest::for_chosen(&record, &run.root, report);
+    save_model(&staging.join("model"), chosen_model, &manifest)?;
+    write_collapse_report(&staging, report).map_err(io)?;
+    write_collapse_plots(&staging, report)?;
+    crate::fsutil::swap_in_dir(&staging, &out).map_err(io)?;
+    Ok(out)
+}
+
 /// Writes `report.json` and `report.md` into `dir`, each atomically.
 pub fn write_collapse_report(dir: &Path, report: &CollapseReport) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;

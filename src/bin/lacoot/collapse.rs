@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use lacoot::collapse::saved::{Manifest, save_model};
 use lacoot::collapse::{CollapseSettings, Criterion, LatencySettings, ScoreSettings, collapse};
-use lacoot::report::{collapse_table, write_collapse_plots, write_collapse_report};
+use lacoot::report::{collapse_table, publish_collapse};
 use lacoot::train::{RegularisedBlocks, RunPaths};
 
 /// Score every collapsible block of a trained run on its validation split, replace the lowest
@@ -98,23 +97,7 @@ pub fn run(args: &CollapseArgs) -> Result<()> {
         },
     };
     let (report, model) = collapse(&run, &settings, &|message| eprintln!("{message}"))?;
-    let record = run.read_record()?;
-    let out = args.run.join("collapse");
-    let manifest = Manifest {
-        model: lacoot::models::ModelSpec {
-            removed_blocks: report.order[..report.steps[report.chosen].blocks_removed].to_vec(),
-            ..record.model.clone()
-        },
-        normalization: record.normalization.clone(),
-        data: record.config.data.clone(),
-        validation_fraction: record.config.validation_fraction,
-        seed: record.config.seed,
-        source_run: args.run.clone(),
-        test_accuracy: report.steps[report.chosen].test_accuracy,
-    };
-    save_model(&out.join("model"), &model, &manifest)?;
-    write_collapse_report(&out, &report)?;
-    write_collapse_plots(&out, &report)?;
+    let out = publish_collapse(&run, &report, &model)?;
     println!("{}", collapse_table(&report));
     println!(
         "report: {0}/report.md and {0}/report.json; plots: {0}/accuracy_vs_blocks.svg|png, {0}/accuracy_vs_macs.svg|png\nmodel: {0}/model (lacoot eval --model {0}/model)",

@@ -1,6 +1,7 @@
 //! The `lacoot` command line: a thin shell over the library that parses flags, calls it and prints.
 
 mod collapse;
+mod demo;
 mod distance;
 mod inspect;
 mod train;
@@ -33,6 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start here: train with and without the regulariser on embedded data, collapse both, compare.
+    Demo(demo::DemoArgs),
     /// Sliced and max-sliced Wasserstein distances between two point clouds stored in files.
     Distance(distance::DistanceArgs),
     /// A network's blocks, shapes, collapsibility, parameters and MACs.
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let outcome = match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::Distance(args) => distance::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Train(args) => train::run_train(&args),

@@ -184,7 +184,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
 
 /// Progress bars for the training loop.
 #[derive(Default)]
-struct EpochBars {
+pub struct EpochBars {
     bar: std::cell::RefCell<Option<ProgressBar>>,
 }
 
