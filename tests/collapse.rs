@@ -41,6 +41,7 @@ fn trained_run(root: &Path) -> RunPaths {
 fn settings(criterion: Criterion) -> CollapseSettings {
     CollapseSettings {
         criterion,
+        score_split: lacoot::collapse::ScoreSplit::Val,
         blocks: RegularisedBlocks::All,
         max_drop: 100.0,
         target_macs: None,

@@ -50,6 +50,8 @@ pub enum CollapseError {
 pub struct CollapseSettings {
     /// How blocks are ranked.
     pub criterion: Criterion,
+    /// The split the scores are computed on (accuracy is always measured on the test split).
+    pub score_split: ScoreSplit,
     /// Which blocks may be removed.
     pub blocks: RegularisedBlocks,
     /// Largest acceptable drop of test accuracy, in percentage points.
@@ -60,6 +62,16 @@ pub struct CollapseSettings {
     pub score: ScoreSettings,
     /// How latency is measured.
     pub latency: LatencySettings,
+}
+
+/// The data split blocks are scored on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreSplit {
+    /// The validation split held out from training (the default: no test data leaks into choices).
+    Val,
+    /// The training split.
+    Train,
 }
 
 /// The network after one more removal.
@@ -123,7 +135,16 @@ pub fn collapse(
         record.config.validation_fraction,
         record.config.seed,
     )?;
-    let validation = Arc::new(splits.validation);
+    let validation = Arc::new(match settings.score_split {
+        ScoreSplit::Val => splits.validation,
+        ScoreSplit::Train => splits.train,
+    });
+    if validation.is_empty() {
+        return Err(CollapseError::Budget(format!(
+            "the {:?} split is empty, so blocks cannot be scored (train with a validation fraction > 0, or score on --split train)",
+            settings.score_split
+        )));
+    }
     let test = Arc::new(splits.test);
     let normalization = &record.normalization;
     let batch_size = settings.score.batch_size;

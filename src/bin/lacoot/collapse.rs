@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use lacoot::collapse::{CollapseSettings, Criterion, LatencySettings, ScoreSettings, collapse};
+use lacoot::collapse::{
+    CollapseSettings, Criterion, LatencySettings, ScoreSettings, ScoreSplit, collapse,
+};
 use lacoot::report::{collapse_table, publish_collapse};
 use lacoot::train::{RegularisedBlocks, RunPaths};
 
@@ -27,6 +29,10 @@ pub struct CollapseArgs {
     /// How blocks are ranked: mswd (the paper), swd, block-influence, angular, random, loss-drop.
     #[arg(long, value_enum, default_value = "mswd")]
     criterion: Criterion,
+
+    /// The split blocks are scored on: val (held out from training) or train.
+    #[arg(long, value_enum, default_value = "val")]
+    split: ScoreSplit,
 
     /// Largest acceptable test-accuracy drop, in percentage points.
     #[arg(long, default_value_t = 0.5)]
@@ -83,6 +89,7 @@ pub fn run(args: &CollapseArgs) -> Result<()> {
     }
     let settings = CollapseSettings {
         criterion: args.criterion,
+        score_split: args.split,
         blocks: args.blocks,
         max_drop: args.max_drop,
         target_macs: args.target_macs,

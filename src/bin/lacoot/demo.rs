@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use lacoot::collapse::{
-    CollapseReport, CollapseSettings, Criterion, LatencySettings, ScoreSettings, collapse,
+    CollapseReport, CollapseSettings, Criterion, LatencySettings, ScoreSettings, ScoreSplit,
+    collapse,
 };
 use lacoot::data::DataSource;
 use lacoot::report::publish_collapse;
@@ -68,6 +69,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         eprintln!("== collapsing {name} ==");
         let settings = CollapseSettings {
             criterion: Criterion::Mswd,
+            score_split: ScoreSplit::Val,
             blocks: RegularisedBlocks::All,
             max_drop: args.max_drop,
             target_macs: None,

@@ -1,0 +1,136 @@
+//! `lacoot collapse`, `lacoot eval --model` and `lacoot demo` from the outside.
+
+use assert_cmd::Command;
+
+mod common;
+
+fn lacoot() -> Command {
+    Command::cargo_bin("lacoot").unwrap()
+}
+
+fn ok(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn collapse_writes_everything_and_the_saved_model_reproduces_its_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_toy_data(tmp.path(), 4);
+    let run = tmp.path().join("run");
+    let run_arg = run.to_str().unwrap();
+    ok(lacoot()
+        .args([
+            "train",
+            "--data",
+            "mnist",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+        ])
+        .args([
+            "--width",
+            "4",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "10",
+            "--num-projections",
+            "4",
+        ])
+        .args(["--validation-fraction", "0.25", "--out", run_arg])
+        .output()
+        .unwrap());
+    let table = ok(lacoot()
+        .args([
+            "collapse",
+            "--run",
+            run_arg,
+            "--max-drop",
+            "100",
+            "--latency-repeats",
+            "1",
+        ])
+        .args(["--num-projections", "16", "--batch-size", "10"])
+        .output()
+        .unwrap());
+    assert!(
+        table.contains("◀ chosen") && table.contains("lacoot eval --model"),
+        "{table}"
+    );
+    let out = run.join("collapse");
+    for file in [
+        "report.json",
+        "report.md",
+        "accuracy_vs_blocks.svg",
+        "accuracy_vs_blocks.png",
+        "accuracy_vs_macs.svg",
+        "accuracy_vs_macs.png",
+        "model/manifest.json",
+        "model/model.safetensors",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let chosen = report["chosen"].as_u64().unwrap() as usize;
+    let reported = report["steps"][chosen]["test_accuracy"].as_f64().unwrap();
+    let eval: serde_json::Value = serde_json::from_str(&ok(lacoot()
+        .args([
+            "eval",
+            "--model",
+            out.join("model").to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), reported);
+
+    let impossible = lacoot()
+        .args(["collapse", "--run", run_arg, "--target-macs", "1K"])
+        .output()
+        .unwrap();
+    assert!(!impossible.status.success());
+    assert!(String::from_utf8_lossy(&impossible.stderr).contains("no removal meets the budget"));
+    // The failed collapse left the previous report in place.
+    assert!(out.join("report.json").is_file());
+
+    let missing = lacoot()
+        .args([
+            "collapse",
+            "--run",
+            tmp.path().join("nope").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not a lacoot run"));
+}
+
+#[test]
+fn the_demo_trains_collapses_and_compares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let text = ok(lacoot()
+        .args([
+            "demo",
+            "--out",
+            out.to_str().unwrap(),
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+        ])
+        .output()
+        .unwrap());
+    assert!(
+        text.contains("baseline (lambda 0)") && text.contains("LaCoOT (lambda 5)"),
+        "{text}"
+    );
+    for run in ["baseline", "lacoot"] {
+        assert!(out.join(run).join("collapse/report.md").is_file(), "{run}");
+    }
+}
