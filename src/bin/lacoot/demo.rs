@@ -95,7 +95,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for (name, report, out) in &reports {
         let chosen = &report.steps[report.chosen];
         println!(
-            "{name:>8}: within {} points, {} block(s) removed: {:.2} % accuracy, MACs ÷{:.2}, measured ×{:.2} faster at batch 64; report {}/report.md",
+            "{name:>8}: within {} points, {} block(s) removed: {:.2} % accuracy, MACs ÷{:.2}, measured ×{:.2} faster at batch 64\n          report {}/report.md, plots accuracy_vs_blocks.svg|png and accuracy_vs_macs.svg|png beside it",
             args.max_drop,
             chosen.blocks_removed,
             100.0 * chosen.test_accuracy,
