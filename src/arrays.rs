@@ -3,7 +3,6 @@
 //! The format is recognised from the file's first bytes, not its name. Both f32 and f64 are read and
 //! kept in their precision; NumPy's Fortran-ordered arrays are reordered to row-major.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -172,18 +171,6 @@ impl HostArray {
             expected: expected.to_string(),
             shape: self.shape.clone(),
         }
-    }
-}
-
-impl fmt::Display for HostArray {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {:?} {:?}",
-            self.path.display(),
-            self.shape,
-            self.dtype()
-        )
     }
 }
 

@@ -6,7 +6,7 @@ mod criteria;
 mod latency;
 pub mod saved;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -278,9 +278,4 @@ pub fn choose(
                 target_macs.unwrap_or(0) as f64 / 1e6
             ))
         })
-}
-
-/// The candidate set for `which`, exposed for callers that list it before collapsing.
-pub fn candidates(model: &ResNet, which: RegularisedBlocks) -> BTreeSet<String> {
-    crate::train::regularised_blocks(model, which)
 }

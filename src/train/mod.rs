@@ -371,14 +371,14 @@ impl TrainingStep {
     }
 
     /// Forward, loss, backward and optimiser update on one batch; returns the updated model.
-    pub fn run(
+    pub fn run<M: BlockNetwork + Module>(
         &mut self,
-        model: ResNet,
+        model: M,
         optimizer: &mut ModuleOptimizer,
         images: Tensor<4>,
         labels: Tensor<1, Int>,
         learning_rate: f64,
-    ) -> Result<(ResNet, StepOutcome), TrainError> {
+    ) -> Result<(M, StepOutcome), TrainError> {
         let no_blocks = BTreeSet::new();
         let capture = if self.lambda > 0.0 {
             &self.regularised
@@ -480,8 +480,8 @@ pub fn regularised_blocks<N: BlockNetwork>(
 }
 
 /// Accuracy and mean cross-entropy of `model` (in eval mode) on every image of `set`.
-pub fn evaluate(
-    model: &ResNet,
+pub fn evaluate<N: BlockNetwork>(
+    model: &N,
     set: &Arc<ImageSet>,
     normalization: &Normalization,
     batch_size: usize,
