@@ -4,7 +4,7 @@ use burn::tensor::{DType, Tensor};
 
 use super::ascent::{Ascent, refine_direction};
 use super::coupling::QuantileCoupling;
-use super::projection::project;
+use super::projection::{project, project_known};
 use super::{Directions, OtError};
 
 /// Below this value of `W_p^p`, the root's slope is held at its value here instead of growing without
@@ -89,34 +89,40 @@ pub fn max_sliced_wasserstein(
     let coupling = validate(&x, &y, directions, p)?;
     let rows = directions.to_matching(&x.device(), x.dtype()).inner();
     let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
-    let costs = costs_along(
-        project(x_plain.clone(), rows.clone()),
-        project(y_plain.clone(), rows.clone()),
-        &coupling,
-        p,
-    );
+    let x_projected = project(x_plain.clone(), rows.clone());
+    let y_projected = project(y_plain.clone(), rows.clone());
+    let costs = costs_along(x_projected.clone(), y_projected.clone(), &coupling, p);
     let per_direction = host_values(costs)?;
     let argmax = index_of_max(&per_direction);
     let best_row = rows.narrow(0, argmax, 1);
-    let (direction, cost) = match ascent {
-        Some(ascent) if ascent.steps > 0 => refine_direction(
+    let refined = match ascent {
+        Some(ascent) if ascent.steps > 0 => Some(refine_direction(
             &x_plain,
             &y_plain,
-            best_row,
+            best_row.clone(),
             per_direction[argmax],
             &coupling,
             p,
             &ascent,
-        )?,
-        _ => (best_row, per_direction[argmax]),
+        )?),
+        _ => None,
     };
-    let tracked_direction = direction.clone().to_device(&x.device());
-    let tracked_cost = costs_along(
-        project(x, tracked_direction.clone()),
-        project(y, tracked_direction),
-        &coupling,
-        p,
-    );
+    // The tracked projections on the winning direction: for a random direction their values are
+    // a column of the projections above, so only the graph is added.
+    let (direction, cost, x_tracked, y_tracked) = match refined {
+        Some((direction, cost)) => {
+            let on_device = direction.clone().to_device(&x.device());
+            let x_tracked = project(x, on_device.clone());
+            (direction, cost, x_tracked, project(y, on_device))
+        }
+        None => {
+            let on_device = best_row.clone().to_device(&x.device());
+            let x_tracked = project_known(x, on_device.clone(), x_projected.narrow(1, argmax, 1));
+            let y_tracked = project_known(y, on_device, y_projected.narrow(1, argmax, 1));
+            (best_row, per_direction[argmax], x_tracked, y_tracked)
+        }
+    };
+    let tracked_cost = costs_along(x_tracked, y_tracked, &coupling, p);
     let [_, dim] = direction.dims();
     Ok(MaxSlicedDistance {
         value: guarded_root(tracked_cost, cost, p),

@@ -29,6 +29,16 @@ pub trait ProjectionOps: Backend {
     /// `points · rowsᵀ`: `points` is `[n, d]`, `rows` is `[L, d]`, the result `[n, L]`.
     fn project_rows(points: FloatTensor<Self>, rows: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// `points · rowsᵀ` when its value `projections` is already known: returns `projections`
+    /// without recomputing them, and back-propagates like [`ProjectionOps::project_rows`].
+    fn project_rows_known(
+        _points: FloatTensor<Self>,
+        _rows: FloatTensor<Self>,
+        projections: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        projections
+    }
+
     /// The outer product `column ⊗ row`: `column` is `[n, 1]`, `row` is `[1, d]`, the result
     /// `[n, d]`. The backward pass of a projection on one direction.
     fn outer_product(column: FloatTensor<Self>, row: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -42,6 +52,20 @@ pub(crate) fn project(points: Tensor<2>, rows: Tensor<2>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as ProjectionOps>::project_rows(
         points.into_dispatch(),
         rows.into_dispatch(),
+    ))
+}
+
+/// `points · rowsᵀ` with a known value `projections` (`[n, L]`, computed earlier without a graph):
+/// no recomputation, the same gradients as [`project`].
+pub(crate) fn project_known(
+    points: Tensor<2>,
+    rows: Tensor<2>,
+    projections: Tensor<2>,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as ProjectionOps>::project_rows_known(
+        points.into_dispatch(),
+        rows.into_dispatch(),
+        projections.into_dispatch(),
     ))
 }
 
@@ -157,6 +181,30 @@ impl<B: Backend + ProjectionOps, C: CheckpointStrategy> ProjectionOps for Autodi
                 prep.finish(state, B::project_rows(points, rows))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::project_rows(points, rows)),
+        }
+    }
+
+    fn project_rows_known(
+        points: FloatTensor<Self>,
+        rows: FloatTensor<Self>,
+        projections: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (points_tracked, rows_tracked) = (points.is_tracked(), rows.is_tracked());
+        let prepared = ProjectRowsBackward
+            .prepare::<C>([points.node(), rows.node()])
+            .compute_bound()
+            .stateful();
+        let (points, rows) = (points.into_primitive(), rows.into_primitive());
+        let projections = projections.into_primitive();
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    points_tracked.then_some(rows),
+                    rows_tracked.then_some(points),
+                );
+                prep.finish(state, projections)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(projections),
         }
     }
 }
