@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use lacoot::collapse::{
     CollapseSettings, Criterion, LatencySettings, ScoreSettings, ScoreSplit, collapse,
 };
@@ -103,7 +104,7 @@ pub fn run(args: &CollapseArgs) -> Result<()> {
             repeats: args.latency_repeats,
         },
     };
-    let (report, model) = collapse(&run, &settings, &|message| eprintln!("{message}"))?;
+    let (report, model) = with_spinner(|progress| collapse(&run, &settings, progress))?;
     let out = publish_collapse(&run, &report, &model)?;
     println!("{}", collapse_table(&report));
     println!(
@@ -111,6 +112,17 @@ pub fn run(args: &CollapseArgs) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Runs `work` with a spinner on standard error that shows its latest progress message.
+pub fn with_spinner<T>(work: impl FnOnce(&dyn Fn(&str)) -> T) -> T {
+    let spinner = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("valid template"),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let result = work(&|message| spinner.set_message(message.to_string()));
+    spinner.finish_and_clear();
+    result
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use lacoot::data::DataSource;
 use lacoot::report::publish_collapse;
 use lacoot::train::{RegularisedBlocks, RunPaths, TrainConfig, train};
 
+use crate::collapse::with_spinner;
 use crate::train::EpochBars;
 
 /// Train a small ResNet-18 twice on the Fashion-MNIST subset embedded in lacoot (no download, no
@@ -83,7 +84,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 repeats: 7,
             },
         };
-        let (report, model) = collapse(&run, &settings, &|message| eprintln!("  {message}"))?;
+        let (report, model) = with_spinner(|progress| collapse(&run, &settings, progress))?;
         let out = publish_collapse(&run, &report, &model)?;
         reports.push((name, report, out));
     }
