@@ -11,13 +11,16 @@ use lacoot::collapse::{
 use lacoot::report::{collapse_table, publish_collapse};
 use lacoot::train::{RegularisedBlocks, RunPaths};
 
-/// Score every collapsible block of a trained run on its validation split, replace the lowest
-/// scoring blocks by identity one at a time (no finetuning), and after each removal measure test
+/// Remove blocks without finetuning; report accuracy, MACs and measured latency per removal.
+///
+/// Scores every collapsible block of a trained run on its validation split, replaces the lowest
+/// scoring blocks by identity one at a time (no finetuning), and after each removal measures test
 /// accuracy and loss, parameters, MACs and real latency (batch 1 and 64, median after warm-up).
 /// The chosen network is the deepest removal whose accuracy drop stays within --max-drop points
 /// and, if given, reaches --target-macs.
 ///
-/// Writes into RUN/collapse/: report.json (every number), report.md (the table) and model/
+/// Writes into RUN/collapse/: report.json (every number), report.md (the table), plots of accuracy
+/// against blocks removed and against MACs (SVG and PNG) and model/
 /// (safetensors weights of the kept blocks + manifest.json), which `lacoot eval --model` reloads.
 ///
 /// Example: lacoot collapse --run runs/fm --criterion mswd --max-drop 0.5

@@ -15,7 +15,9 @@ use lacoot::train::{RegularisedBlocks, RunPaths, TrainConfig, train};
 use crate::collapse::with_spinner;
 use crate::train::EpochBars;
 
-/// Train a small ResNet-18 twice on the Fashion-MNIST subset embedded in lacoot (no download, no
+/// Start here: train with and without the regulariser on embedded data, collapse both, compare.
+///
+/// Trains a small ResNet-18 twice on the Fashion-MNIST subset embedded in lacoot (no download, no
 /// set-up): once plainly (lambda 0) and once with the LaCoOT regulariser; collapse both with the
 /// max-sliced Wasserstein criterion, without finetuning, and print the two collapse tables side by
 /// side. About 10 minutes on 2 cores at the defaults.

@@ -11,8 +11,10 @@ use lacoot::ot::{
 };
 use serde_json::json;
 
-/// Compare two point clouds with the sliced (mean over directions) and max-sliced (max over
-/// directions) Wasserstein distances, as POT's `ot.sliced` defines them.
+/// Sliced and max-sliced Wasserstein distances between two point clouds stored in files.
+///
+/// The sliced distance takes the mean over directions, the max-sliced the maximum, as POT's
+/// `ot.sliced` defines them.
 ///
 /// Each file is a `.npy` or `.safetensors` array of f32 or f64. The first axis indexes the points;
 /// the other axes are flattened, so a batch of feature maps [n, C, H, W] is n points in R^(C·H·W).

@@ -6,8 +6,10 @@ use lacoot::device::default_device;
 use lacoot::models::{Architecture, BlockNetwork, ModelSpec, StemKind};
 use serde_json::json;
 
-/// List a network's blocks: input and output shape, whether identity can replace them
-/// (collapsible), parameters and MACs, and the totals, optionally with blocks removed.
+/// A network's blocks, shapes, collapsibility, parameters and MACs.
+///
+/// Lists each block: input and output shape, whether identity can replace it (collapsible),
+/// parameters and MACs, and the totals, optionally with blocks removed.
 ///
 /// MACs follow the paper's convention: multiply-accumulates of convolutions and linear layers, per
 /// image. A second total adds batch norm (one per output element) and pooling (one per window

@@ -32,19 +32,14 @@ struct Cli {
     command: Command,
 }
 
+/// The subcommands; each one's help is its arguments' documentation.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start here: train with and without the regulariser on embedded data, collapse both, compare.
     Demo(demo::DemoArgs),
-    /// Sliced and max-sliced Wasserstein distances between two point clouds stored in files.
     Distance(distance::DistanceArgs),
-    /// A network's blocks, shapes, collapsibility, parameters and MACs.
     Inspect(inspect::InspectArgs),
-    /// Train a network with the LaCoOT regulariser.
     Train(train::TrainArgs),
-    /// Accuracy and loss of a trained run, or of a collapsed model, on a data split.
     Eval(train::EvalArgs),
-    /// Remove blocks without finetuning; report accuracy, MACs and measured latency per removal.
     Collapse(collapse::CollapseArgs),
 }
 

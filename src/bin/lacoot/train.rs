@@ -226,9 +226,13 @@ impl TrainObserver for EpochBars {
     }
 }
 
-/// Accuracy and loss of a trained run's checkpoint on a data split.
+/// Accuracy and loss of a trained run, or of a collapsed model, on a data split.
 ///
-/// Example: lacoot eval --run runs/fm --split test --json
+/// Evaluates the run's best (or last) checkpoint, or a model saved by lacoot collapse, on the data
+/// recorded with it (or --data), in eval mode on every image of the split.
+///
+/// Examples: lacoot eval --run runs/fm --split test --json
+///           lacoot eval --model runs/fm/collapse/model
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// The run folder written by lacoot train.
