@@ -7,8 +7,10 @@
 //!   their contiguous rows and splits the shared dimension across threads; burn's generic matmul runs
 //!   this narrow product on one thread;
 //! - under autodiff, a backward pass written for the shapes that occur: with one direction (the
-//!   max-sliced case) the gradient `grad ⊗ θ` is a broadcast product, where a matmul would form it as
-//!   a slow K = 1 product; with L directions it is one `[n, L] × [L, d]` product.
+//!   max-sliced case) the gradient `grad ⊗ θ` is a parallel outer product, where a matmul would form
+//!   it as a slow K = 1 product; with L directions it is one `[n, L] × [L, d]` product;
+//! - `project_known` adds only the graph when the projections' values were computed already (the
+//!   winning direction's column of the untracked projections).
 
 mod dot;
 
