@@ -201,7 +201,7 @@ pub fn collapse(
         order
     };
 
-    let mut current = model;
+    let mut current = model.clone();
     let input_shape = current.input_shape();
     let mut steps: Vec<CollapseStep> = Vec::new();
     for k in 0..=order.len() {
@@ -244,7 +244,7 @@ pub fn collapse(
         });
     }
     let chosen = choose(&steps, settings.max_drop, settings.target_macs)?;
-    let mut chosen_model = load_run_model(run, &run.best())?.1;
+    let mut chosen_model = model;
     chosen_model.remove_blocks(&order[..steps[chosen].blocks_removed])?;
     let report = CollapseReport {
         run: run.root.clone(),

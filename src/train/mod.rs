@@ -293,12 +293,14 @@ pub fn train(
             started.elapsed().as_secs_f64(),
         );
         append_metrics(&run.metrics(), &metrics)?;
-        checkpoint::save(&run.last(), &model, Some(&optimizer), &state)?;
-        if validation.accuracy > state.best_validation_accuracy {
+        let improved = validation.accuracy > state.best_validation_accuracy;
+        if improved {
             state.best_validation_accuracy = validation.accuracy;
             state.best_epoch = epoch + 1;
+        }
+        checkpoint::save(&run.last(), &model, Some(&optimizer), &state)?;
+        if improved {
             checkpoint::save(&run.best(), &model, None, &state)?;
-            checkpoint::save(&run.last(), &model, Some(&optimizer), &state)?;
         }
         tracing::info!(
             epoch = epoch + 1,
