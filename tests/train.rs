@@ -157,3 +157,72 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint() {
         other => panic!("expected a non-finite loss, got {other:?}"),
     }
 }
+
+/// Writes a CIFAR-10 folder of `per_batch` random-looking images per batch file.
+fn write_cifar(root: &Path, per_batch: usize) {
+    let records = |seed: usize| -> Vec<u8> {
+        (0..per_batch)
+            .flat_map(|i| {
+                std::iter::once((i % 10) as u8)
+                    .chain((0..3072).map(move |p| ((p * 7 + i * 13 + seed) % 251) as u8))
+            })
+            .collect()
+    };
+    for i in 1..=5 {
+        std::fs::write(root.join(format!("data_batch_{i}.bin")), records(i)).unwrap();
+    }
+    std::fs::write(root.join("test_batch.bin"), records(9)).unwrap();
+}
+
+#[test]
+fn a_run_can_start_from_pytorch_weights() {
+    use burn::store::ModuleSnapshot;
+    let tmp = tempfile::tempdir().unwrap();
+    write_cifar(tmp.path(), 4);
+    let weights = common::shared_fixtures().join("torch/resnet18_cifar10/resnet18_cifar.pth");
+    let run = RunPaths::new(tmp.path().join("run"));
+    let config = TrainConfig {
+        width: 64,
+        data: DataSource::Cifar10 {
+            root: tmp.path().to_path_buf(),
+        },
+        validation_fraction: 0.0,
+        epochs: 1,
+        batch_size: 10,
+        learning_rate: 1e-30,
+        lambda: 0.0,
+        augmentation: None,
+        init_from: Some(weights),
+        ..TrainConfig::default()
+    };
+    train(&config, &run, false, &Silent).unwrap();
+    // With a vanishing learning rate the convolutions keep the PyTorch values.
+    let (_, model) = load_run_model(&run, &run.last()).unwrap();
+    let conv1 = model
+        .collect(None, None, false)
+        .into_iter()
+        .find(|t| t.name == "conv1.weight")
+        .unwrap()
+        .into_bytes()
+        .unwrap();
+    let bytes = std::fs::read(
+        common::shared_fixtures().join("torch/resnet18_cifar10/resnet18_cifar.safetensors"),
+    )
+    .unwrap();
+    let fixture = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(&conv1[..], fixture.tensor("conv1.weight").unwrap().data());
+
+    let wrong = TrainConfig {
+        width: 32,
+        ..config
+    };
+    let message = train(
+        &wrong,
+        &RunPaths::new(tmp.path().join("wrong")),
+        false,
+        &Silent,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(message.contains("resnet18_cifar.pth"), "{message}");
+}

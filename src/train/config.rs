@@ -69,6 +69,13 @@ pub struct TrainConfig {
     pub augmentation: Option<Augmentation>,
     /// Seed of initialisation, data order, augmentation and directions.
     pub seed: u64,
+    /// PyTorch weights (`.pth` or `.safetensors`, torchvision names) to start from instead of a
+    /// random initialisation.
+    #[serde(default)]
+    pub init_from: Option<std::path::PathBuf>,
+    /// A prefix to strip from the keys of `init_from` (e.g. `backbone.` for a wrapper module).
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +103,8 @@ impl Default for TrainConfig {
                 horizontal_flip: true,
             }),
             seed: 0,
+            init_from: None,
+            strip_prefix: None,
         }
     }
 }

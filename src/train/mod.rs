@@ -210,6 +210,13 @@ pub fn train(
     let device = autodiff_device();
     device.seed(config.seed);
     let mut model = record.model.build(&device)?;
+    if let (Some(weights), false) = (&config.init_from, resume) {
+        crate::models::weights::load_torch_weights(
+            &mut model,
+            weights,
+            config.strip_prefix.as_deref(),
+        )?;
+    }
     let mut optimizer = build_optimizer(config);
     let mut state = TrainerState {
         epochs_done: 0,

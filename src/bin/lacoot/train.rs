@@ -122,6 +122,15 @@ pub struct TrainArgs {
     /// Seed of initialisation, data order, augmentation and directions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+
+    /// Start from PyTorch weights (.pth or .safetensors with torchvision names) instead of a random
+    /// initialisation; missing or unexpected keys are an error that lists them.
+    #[arg(long, value_name = "FILE")]
+    init_from: Option<PathBuf>,
+
+    /// Strip this prefix from the keys of --init-from (e.g. `backbone.` for a wrapper module).
+    #[arg(long, requires = "init_from")]
+    strip_prefix: Option<String>,
 }
 
 impl TrainArgs {
@@ -152,6 +161,8 @@ impl TrainArgs {
             p: self.p,
             augmentation,
             seed: self.seed,
+            init_from: self.init_from.clone(),
+            strip_prefix: self.strip_prefix.clone(),
         })
     }
 }
