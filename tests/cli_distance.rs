@@ -209,9 +209,9 @@ fn feature_maps_and_safetensors_inputs_are_read() {
 fn bad_inputs_get_one_clear_line_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("good.npy");
-    write_npy_f64(&good, &[3, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    write_npy::<f64>(&good, &[3, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
     let wide = tmp.path().join("wide.npy");
-    write_npy_f64(&wide, &[3, 4], &[0.5; 12]);
+    write_npy::<f64>(&wide, &[3, 4], &[0.5; 12]);
     let ints = tmp.path().join("ints.npy");
     write_npy::<i32>(&ints, &[3, 2], &[1, 2, 3, 4, 5, 6]);
     let truncated = tmp.path().join("truncated.npy");
@@ -220,11 +220,11 @@ fn bad_inputs_get_one_clear_line_naming_the_file() {
     let text = tmp.path().join("notes.npy");
     std::fs::write(&text, "just some text that is long enough").unwrap();
     let scalar = tmp.path().join("scalar.npy");
-    write_npy_f64(&scalar, &[], &[1.0]);
+    write_npy::<f64>(&scalar, &[], &[1.0]);
     let theta_wrong_dim = tmp.path().join("theta3.npy");
-    write_npy_f64(&theta_wrong_dim, &[3, 1], &[1.0, 0.0, 0.0]);
+    write_npy::<f64>(&theta_wrong_dim, &[3, 1], &[1.0, 0.0, 0.0]);
     let theta_not_unit = tmp.path().join("theta_long.npy");
-    write_npy_f64(&theta_not_unit, &[2, 2], &[1.0, 2.0, 0.0, 0.0]);
+    write_npy::<f64>(&theta_not_unit, &[2, 2], &[1.0, 2.0, 0.0, 0.0]);
 
     let g = path_str(&good);
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![

@@ -34,7 +34,7 @@ pub fn load_torch_weights<M: Module + ModuleSnapshot>(
     if !path.is_file() {
         return Err(error("no such file".into()));
     }
-    let prefix = strip_prefix.map(|p| format!("^{}", regex_escape(p)));
+    let prefix = strip_prefix.map(|p| format!("^{}", regex::escape(p)));
     let result = if is_safetensors(path) {
         let mut store = SafetensorsStore::from_file(path)
             .with_from_adapter(PyTorchToBurnAdapter)
@@ -84,17 +84,4 @@ fn is_safetensors(path: &Path) -> bool {
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
         .is_ok_and(|()| header[8] == b'{')
-}
-
-/// `text` with regex metacharacters escaped.
-fn regex_escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let special = "\\.+*?()|[]{}^$".contains(c);
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect()
 }

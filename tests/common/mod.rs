@@ -57,11 +57,6 @@ pub fn assert_close(actual: f64, expected: f64, tolerance: f64, floor: f64, what
     );
 }
 
-/// Writes a `.npy` file of f64 values with the given shape.
-pub fn write_npy_f64(path: &Path, shape: &[u64], data: &[f64]) {
-    write_npy(path, shape, data);
-}
-
 /// Writes a `.npy` file of any element type NumPy knows.
 pub fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[T]) {
     use npyz::WriterBuilder;
