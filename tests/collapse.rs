@@ -23,7 +23,7 @@ fn trained_run(root: &Path) -> RunPaths {
     write_toy_data(root, 4);
     let run = RunPaths::new(root.join("run"));
     let config = TrainConfig {
-        width: 4,
+        width: Some(4),
         data: DataSource::Mnist {
             root: root.to_path_buf(),
         },

@@ -14,8 +14,8 @@ use lacoot::train::{RegularisedBlocks, RunPaths, Silent, TrainConfig, load_run_m
 fn tiny_config(data: &Path, epochs: usize, lambda: f64) -> TrainConfig {
     TrainConfig {
         architecture: Architecture::Resnet18,
-        stem: StemKind::Cifar,
-        width: 4,
+        stem: Some(StemKind::Cifar),
+        width: Some(4),
         data: DataSource::Mnist {
             root: data.to_path_buf(),
         },
@@ -182,7 +182,7 @@ fn a_run_can_start_from_pytorch_weights() {
     let weights = common::shared_fixtures().join("torch/resnet18_cifar10/resnet18_cifar.pth");
     let run = RunPaths::new(tmp.path().join("run"));
     let config = TrainConfig {
-        width: 64,
+        width: Some(64),
         data: DataSource::Cifar10 {
             root: tmp.path().to_path_buf(),
         },
@@ -199,7 +199,7 @@ fn a_run_can_start_from_pytorch_weights() {
     // With a vanishing learning rate the convolutions keep the PyTorch values.
     let (_, model) = load_run_model(&run, &run.last()).unwrap();
     let conv1 = model
-        .collect(None, None, false)
+        .collect(None, None, true)
         .into_iter()
         .find(|t| t.name == "conv1.weight")
         .unwrap()
@@ -213,7 +213,7 @@ fn a_run_can_start_from_pytorch_weights() {
     assert_eq!(&conv1[..], fixture.tensor("conv1.weight").unwrap().data());
 
     let wrong = TrainConfig {
-        width: 32,
+        width: Some(32),
         ..config
     };
     let message = train(

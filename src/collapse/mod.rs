@@ -14,7 +14,7 @@ pub use criteria::{Criterion, ScoreSettings, static_scores};
 pub use latency::{LatencySettings, median_latency_ms};
 
 use crate::data::load_splits;
-use crate::models::{BlockNetwork, ResNet};
+use crate::models::{BlockNetwork, Network};
 use crate::train::{RegularisedBlocks, RunPaths, TrainError, evaluate, load_run_model};
 
 /// What can go wrong while collapsing.
@@ -128,7 +128,7 @@ pub fn collapse(
     run: &RunPaths,
     settings: &CollapseSettings,
     progress: &dyn Fn(&str),
-) -> Result<(CollapseReport, ResNet), CollapseError> {
+) -> Result<(CollapseReport, Network), CollapseError> {
     let (record, model) = load_run_model(run, &run.best())?;
     let splits = load_splits(
         &record.config.data,

@@ -10,7 +10,7 @@ use super::CollapseError;
 use crate::data::{DataSource, Normalization};
 use crate::device::default_device;
 use crate::fsutil::{staging_dir, swap_in_dir};
-use crate::models::{BlockNetwork, ModelError, ModelSpec, ResNet};
+use crate::models::{BlockNetwork, ModelError, ModelSpec, Network};
 
 const WEIGHTS_FILE: &str = "model.safetensors";
 const MANIFEST_FILE: &str = "manifest.json";
@@ -59,7 +59,7 @@ impl Manifest {
 
 /// Writes `dir/model.safetensors` (only the kept blocks' weights) and `dir/manifest.json`,
 /// atomically as a folder.
-pub fn save_model(dir: &Path, model: &ResNet, manifest: &Manifest) -> Result<(), CollapseError> {
+pub fn save_model(dir: &Path, model: &Network, manifest: &Manifest) -> Result<(), CollapseError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CollapseError::Io { path, source }
@@ -71,7 +71,7 @@ pub fn save_model(dir: &Path, model: &ResNet, manifest: &Manifest) -> Result<(),
         .map(|b| format!("{b}."))
         .collect();
     let kept: Vec<String> = model
-        .collect(None, None, false)
+        .collect(None, None, true)
         .into_iter()
         .map(|t| t.name)
         .filter(|name| !removed.iter().any(|prefix| name.starts_with(prefix)))
@@ -79,6 +79,7 @@ pub fn save_model(dir: &Path, model: &ResNet, manifest: &Manifest) -> Result<(),
     let weights = staging.join(WEIGHTS_FILE);
     let mut store = SafetensorsStore::from_file(&weights)
         .with_full_paths(kept)
+        .skip_enum_variants(true)
         .overwrite(true);
     model
         .save_into(&mut store)
@@ -90,7 +91,7 @@ pub fn save_model(dir: &Path, model: &ResNet, manifest: &Manifest) -> Result<(),
 
 /// Reads a saved model: rebuilds it from the manifest and loads its weights (eval mode, plain
 /// device).
-pub fn load_model(dir: &Path) -> Result<(Manifest, ResNet), CollapseError> {
+pub fn load_model(dir: &Path) -> Result<(Manifest, Network), CollapseError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).map_err(|source| CollapseError::Io {
         path: manifest_path.clone(),
@@ -103,7 +104,9 @@ pub fn load_model(dir: &Path) -> Result<(Manifest, ResNet), CollapseError> {
     if !weights.is_file() {
         return Err(weights_error(&weights, "missing".into()));
     }
-    let mut store = SafetensorsStore::from_file(&weights).allow_partial(true);
+    let mut store = SafetensorsStore::from_file(&weights)
+        .skip_enum_variants(true)
+        .allow_partial(true);
     let result = model
         .load_from(&mut store)
         .map_err(|e| weights_error(&weights, e.to_string()))?;

@@ -2,7 +2,7 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, MaxPool2d};
-use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
+use burn::nn::{BatchNorm, LayerNorm, Linear, PaddingConfig2d};
 
 /// Trainable parameters of a layer (buffers such as batch-norm running statistics excluded, as in
 /// PyTorch's `sum(p.numel() for p in model.parameters())`).
@@ -29,6 +29,13 @@ weight_and_bias!(Linear);
 impl TrainableParameters for BatchNorm {
     fn trainable_parameters(&self) -> usize {
         self.gamma.shape().num_elements() + self.beta.shape().num_elements()
+    }
+}
+
+impl TrainableParameters for LayerNorm {
+    fn trainable_parameters(&self) -> usize {
+        self.gamma.shape().num_elements()
+            + self.beta.as_ref().map_or(0, |b| b.shape().num_elements())
     }
 }
 

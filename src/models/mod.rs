@@ -12,8 +12,11 @@
 //! PyTorch checkpoints load by name ([`weights`]).
 
 mod cost;
+pub mod mobilenet;
+mod network;
 pub mod resnet;
 mod spec;
+pub mod swin;
 pub mod weights;
 
 use std::collections::BTreeSet;
@@ -21,8 +24,11 @@ use std::collections::BTreeSet;
 use burn::tensor::Tensor;
 
 pub use cost::{LayerCost, TrainableParameters};
+pub use mobilenet::{MobileNetV2, MobileNetV2Config, MobileNetVariant, RemovalUnit};
+pub use network::Network;
 pub use resnet::{ResNet, ResNetConfig, ResNetDepth, Stem};
 pub use spec::{Architecture, ModelSpec, StemKind};
+pub use swin::{FeaturePairing, SwinConfig, SwinTransformer};
 
 /// One block of a network, described for the network's configured input size.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -130,6 +136,9 @@ pub enum ModelError {
 
 /// A network made of named blocks, some of which can be replaced by identity.
 pub trait BlockNetwork {
+    /// One sample's input shape `[C, H, W]`, which block shapes and costs are computed for.
+    fn input_shape(&self) -> [usize; 3];
+
     /// Every block, in forward order, for the configured input size.
     fn blocks(&self) -> Vec<BlockInfo>;
 
@@ -152,8 +161,19 @@ pub trait BlockNetwork {
     /// The names of the blocks currently replaced by identity.
     fn removed_blocks(&self) -> BTreeSet<String>;
 
-    /// The cost of everything outside the blocks (stem and head).
+    /// The cost of everything outside the blocks (stem, head, and the layers around removable
+    /// units that are smaller than a whole block).
     fn stem_and_head(&self) -> Cost;
+
+    /// The blocks the paper regularises (`--blocks paper`): by default every collapsible block
+    /// that is not removed.
+    fn paper_regularised(&self) -> BTreeSet<String> {
+        self.blocks()
+            .into_iter()
+            .filter(|b| b.collapsible && !b.removed)
+            .map(|b| b.name)
+            .collect()
+    }
 
     /// The cost of the whole network, removed blocks excluded.
     fn total_cost(&self) -> Cost {

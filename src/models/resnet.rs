@@ -63,8 +63,8 @@ pub struct ResNetConfig {
 }
 
 impl ResNetConfig {
-    /// Builds the network with torchvision's initialisation scheme (He-normal convolutions, unit
-    /// batch-norm scales).
+    /// Builds the network with burn's default initialisation (PyTorch's layer defaults: scaled
+    /// uniform weights; unit batch-norm scales).
     pub fn init(&self, device: &Device) -> Result<ResNet, ModelError> {
         if self.in_channels == 0 || self.num_classes == 0 || self.width == 0 {
             return Err(ModelError::InvalidConfig(
@@ -251,14 +251,13 @@ impl ResNet {
         self.maxpool
             .output_shape(self.conv1.output_shape(self.input_shape))
     }
-
-    /// One sample's input shape `[C, H, W]`.
-    pub fn input_shape(&self) -> [usize; 3] {
-        self.input_shape
-    }
 }
 
 impl BlockNetwork for ResNet {
+    fn input_shape(&self) -> [usize; 3] {
+        self.input_shape
+    }
+
     fn blocks(&self) -> Vec<BlockInfo> {
         let mut shape = self.stem_output_shape();
         self.named_blocks()
@@ -314,6 +313,16 @@ impl BlockNetwork for ResNet {
 
     fn removed_blocks(&self) -> BTreeSet<String> {
         self.removed.clone()
+    }
+
+    /// The paper's choice for ResNets: every collapsible block except the first of its stage (in
+    /// ResNet-18, the four `layerS.1`).
+    fn paper_regularised(&self) -> BTreeSet<String> {
+        self.blocks()
+            .into_iter()
+            .filter(|b| b.collapsible && !b.removed && !b.name.ends_with(".0"))
+            .map(|b| b.name)
+            .collect()
     }
 
     fn stem_and_head(&self) -> Cost {

@@ -2,7 +2,10 @@
 
 use burn::tensor::Device;
 
-use super::resnet::{ResNet, ResNetConfig, ResNetDepth, Stem};
+use super::mobilenet::{MobileNetV2Config, MobileNetVariant, RemovalUnit};
+use super::network::Network;
+use super::resnet::{ResNetConfig, ResNetDepth, Stem};
+use super::swin::{FeaturePairing, SwinConfig};
 use super::{BlockNetwork, ModelError};
 
 /// The architectures lacoot builds.
@@ -15,6 +18,30 @@ pub enum Architecture {
     Resnet18,
     /// ResNet-34 (BasicBlocks 3, 4, 6, 3).
     Resnet34,
+    /// MobileNetV2, torchvision's ImageNet layout (stem at stride 2).
+    Mobilenetv2,
+    /// MobileNetV2, the paper's CIFAR layout (stem and second stage at stride 1).
+    #[value(name = "mobilenetv2-cifar")]
+    #[serde(rename = "mobilenetv2-cifar")]
+    Mobilenetv2Cifar,
+    /// Swin-T (torchvision's `swin_t`: depths 2, 2, 6, 2, window 7).
+    SwinT,
+}
+
+impl Architecture {
+    /// Channels of the first layer at full width: the first stage of a ResNet (64), the stem of
+    /// MobileNetV2 (32), the patch embedding of Swin-T (96).
+    pub fn default_width(self) -> usize {
+        match self {
+            Self::Resnet18 | Self::Resnet34 => 64,
+            Self::Mobilenetv2 | Self::Mobilenetv2Cifar => 32,
+            Self::SwinT => 96,
+        }
+    }
+
+    fn is_resnet(self) -> bool {
+        matches!(self, Self::Resnet18 | Self::Resnet34)
+    }
 }
 
 /// The stem of a ResNet.
@@ -29,14 +56,17 @@ pub enum StemKind {
     Imagenet,
 }
 
-/// Everything needed to rebuild a network: architecture, stem, width and the input it was built for.
+/// Everything needed to rebuild a network: architecture, width, options and the input it was built
+/// for.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSpec {
     /// The architecture.
     pub architecture: Architecture,
-    /// The stem.
-    pub stem: StemKind,
-    /// Channels of the first stage (64 in the paper).
+    /// The stem (ResNets only; the CIFAR stem when absent).
+    #[serde(default)]
+    pub stem: Option<StemKind>,
+    /// Channels of the first layer (see [`Architecture::default_width`]); MobileNetV2 scales every
+    /// layer by `width / 32`, as torchvision's `width_mult`.
     pub width: usize,
     /// Channels of the input images.
     pub in_channels: usize,
@@ -44,28 +74,111 @@ pub struct ModelSpec {
     pub input_size: usize,
     /// Number of classes.
     pub num_classes: usize,
+    /// What a removable block is (MobileNetV2 only; other networks have whole blocks).
+    #[serde(default)]
+    pub unit: RemovalUnit,
+    /// Which features of a block are compared (Swin-T only; other networks compare the block's
+    /// input and output).
+    #[serde(default)]
+    pub pairing: FeaturePairing,
     /// Blocks replaced by identity.
     #[serde(default)]
     pub removed_blocks: Vec<String>,
 }
 
 impl ModelSpec {
+    /// A spec for `architecture` at its full width, with whole blocks compared by input and output.
+    pub fn new(
+        architecture: Architecture,
+        in_channels: usize,
+        input_size: usize,
+        num_classes: usize,
+    ) -> Self {
+        Self {
+            architecture,
+            stem: None,
+            width: architecture.default_width(),
+            in_channels,
+            input_size,
+            num_classes,
+            unit: RemovalUnit::Block,
+            pairing: FeaturePairing::Block,
+            removed_blocks: Vec::new(),
+        }
+    }
+
+    /// Checks that the options belong to the architecture.
+    fn check_options(&self) -> Result<(), ModelError> {
+        let arch = self.architecture;
+        let problem = if self.stem.is_some() && !arch.is_resnet() {
+            Some("--stem applies to ResNets only")
+        } else if self.unit == RemovalUnit::Depthwise
+            && !matches!(
+                arch,
+                Architecture::Mobilenetv2 | Architecture::Mobilenetv2Cifar
+            )
+        {
+            Some("depthwise removal units exist in MobileNetV2 only")
+        } else if self.pairing == FeaturePairing::MlpBranch && arch != Architecture::SwinT {
+            Some("the MLP-branch pairing exists in Swin-T only")
+        } else if self.width == 0 {
+            Some("width must be positive")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(ModelError::InvalidConfig(problem.into())),
+            None => Ok(()),
+        }
+    }
+
     /// Builds the network (freshly initialised) on `device`, with the removed blocks applied.
-    pub fn build(&self, device: &Device) -> Result<ResNet, ModelError> {
-        let depth = match self.architecture {
-            Architecture::Resnet18 => ResNetDepth::ResNet18,
-            Architecture::Resnet34 => ResNetDepth::ResNet34,
+    pub fn build(&self, device: &Device) -> Result<Network, ModelError> {
+        self.check_options()?;
+        let mut network = match self.architecture {
+            Architecture::Resnet18 | Architecture::Resnet34 => {
+                let depth = if self.architecture == Architecture::Resnet18 {
+                    ResNetDepth::ResNet18
+                } else {
+                    ResNetDepth::ResNet34
+                };
+                let stem = match self.stem.unwrap_or(StemKind::Cifar) {
+                    StemKind::Cifar => Stem::Cifar,
+                    StemKind::Imagenet => Stem::ImageNet,
+                };
+                Network::ResNet(
+                    ResNetConfig::new(depth, stem)
+                        .with_in_channels(self.in_channels)
+                        .with_num_classes(self.num_classes)
+                        .with_width(self.width)
+                        .with_input_size(self.input_size)
+                        .init(device)?,
+                )
+            }
+            Architecture::Mobilenetv2 | Architecture::Mobilenetv2Cifar => {
+                let variant = if self.architecture == Architecture::Mobilenetv2 {
+                    MobileNetVariant::ImageNet
+                } else {
+                    MobileNetVariant::Cifar
+                };
+                let config = MobileNetV2Config {
+                    in_channels: self.in_channels,
+                    width_multiplier: self.width as f64 / 32.0,
+                    unit: self.unit,
+                    ..MobileNetV2Config::new(variant, self.num_classes, self.input_size)
+                };
+                Network::MobileNetV2(config.init(device)?)
+            }
+            Architecture::SwinT => {
+                let config = SwinConfig {
+                    in_channels: self.in_channels,
+                    embed_dim: self.width,
+                    pairing: self.pairing,
+                    ..SwinConfig::swin_t(self.num_classes, self.input_size)
+                };
+                Network::Swin(config.init(device)?)
+            }
         };
-        let stem = match self.stem {
-            StemKind::Cifar => Stem::Cifar,
-            StemKind::Imagenet => Stem::ImageNet,
-        };
-        let mut network = ResNetConfig::new(depth, stem)
-            .with_in_channels(self.in_channels)
-            .with_num_classes(self.num_classes)
-            .with_width(self.width)
-            .with_input_size(self.input_size)
-            .init(device)?;
         network.remove_blocks(&self.removed_blocks)?;
         Ok(network)
     }

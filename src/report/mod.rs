@@ -113,7 +113,7 @@ pub enum PublishError {
 pub fn publish_collapse(
     run: &crate::train::RunPaths,
     report: &CollapseReport,
-    chosen_model: &crate::models::ResNet,
+    chosen_model: &crate::models::Network,
 ) -> Result<std::path::PathBuf, PublishError> {
     use crate::collapse::saved::{Manifest, save_model};
     let record = run.read_record()?;

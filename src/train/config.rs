@@ -1,7 +1,7 @@
 //! Every setting of a training run, recorded in the run's `config.json`.
 
 use crate::data::{Augmentation, DataSource};
-use crate::models::{Architecture, StemKind};
+use crate::models::{Architecture, FeaturePairing, RemovalUnit, StemKind};
 
 /// The optimiser.
 #[derive(
@@ -23,8 +23,8 @@ pub enum OptimizerKind {
 pub enum RegularisedBlocks {
     /// Every collapsible (shape-preserving) block.
     All,
-    /// The paper's choice: every collapsible block except the first of its stage (in ResNet-18,
-    /// the four `layerS.1`).
+    /// The paper's choice: in ResNets every collapsible block except the first of its stage (in
+    /// ResNet-18, the four `layerS.1`); in MobileNetV2 and Swin-T every collapsible block.
     Paper,
 }
 
@@ -33,10 +33,17 @@ pub enum RegularisedBlocks {
 pub struct TrainConfig {
     /// The architecture.
     pub architecture: Architecture,
-    /// The stem.
-    pub stem: StemKind,
-    /// Channels of the first stage.
-    pub width: usize,
+    /// The stem (ResNets only).
+    #[serde(default)]
+    pub stem: Option<StemKind>,
+    /// Channels of the first layer; the architecture's own when absent.
+    pub width: Option<usize>,
+    /// What a removable block is (MobileNetV2: whole blocks or depthwise units).
+    #[serde(default)]
+    pub unit: RemovalUnit,
+    /// Which features of a block are compared (Swin-T: block output or MLP branch).
+    #[serde(default)]
+    pub pairing: FeaturePairing,
     /// The data set.
     pub data: DataSource,
     /// Fraction of each training class held out for validation.
@@ -82,8 +89,10 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             architecture: Architecture::Resnet18,
-            stem: StemKind::Cifar,
-            width: 64,
+            stem: None,
+            width: None,
+            unit: RemovalUnit::Block,
+            pairing: FeaturePairing::Block,
             data: DataSource::FashionMnist { root: None },
             validation_fraction: 0.1,
             epochs: 160,
@@ -142,7 +151,7 @@ impl TrainConfig {
                 !(0.0..1.0).contains(&self.validation_fraction),
                 "validation fraction must be in [0, 1)",
             ),
-            (self.width == 0, "width must be positive"),
+            (self.width == Some(0), "width must be positive"),
         ];
         match problems.iter().find(|(bad, _)| *bad) {
             Some((_, problem)) => Err(problem.to_string()),

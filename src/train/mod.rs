@@ -27,7 +27,7 @@ pub use config::{OptimizerKind, RegularisedBlocks, TrainConfig};
 use crate::data::{BatchPlan, ImageSet, Normalization, Splits, batch_count, batches, load_splits};
 use crate::device::autodiff_device;
 use crate::fsutil::write_atomic;
-use crate::models::{BlockNetwork, ModelSpec, ResNet};
+use crate::models::{BlockNetwork, ModelSpec, Network};
 use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
 
 /// Salt that separates the direction sampler's seed from the model's and the data's.
@@ -434,13 +434,11 @@ fn run_record(config: &TrainConfig, splits: &Splits) -> RunRecord {
     RunRecord {
         config: config.clone(),
         model: ModelSpec {
-            architecture: config.architecture,
             stem: config.stem,
-            width: config.width,
-            in_channels: channels,
-            input_size: h,
-            num_classes: splits.train.num_classes(),
-            removed_blocks: Vec::new(),
+            width: config.width.unwrap_or(config.architecture.default_width()),
+            unit: config.unit,
+            pairing: config.pairing,
+            ..ModelSpec::new(config.architecture, channels, h, splits.train.num_classes())
         },
         normalization: splits.train.channel_statistics(),
         data_description: splits.description.clone(),
@@ -479,13 +477,15 @@ pub fn regularised_blocks<N: BlockNetwork>(
     model: &N,
     which: RegularisedBlocks,
 ) -> BTreeSet<String> {
-    model
-        .blocks()
-        .into_iter()
-        .filter(|b| b.collapsible && !b.removed)
-        .filter(|b| which == RegularisedBlocks::All || !b.name.ends_with(".0"))
-        .map(|b| b.name)
-        .collect()
+    match which {
+        RegularisedBlocks::All => model
+            .blocks()
+            .into_iter()
+            .filter(|b| b.collapsible && !b.removed)
+            .map(|b| b.name)
+            .collect(),
+        RegularisedBlocks::Paper => model.paper_regularised(),
+    }
 }
 
 /// Accuracy and mean cross-entropy of `model` (in eval mode) on every image of `set`.
@@ -621,7 +621,7 @@ fn truncate_metrics(path: &Path, epochs: usize) -> Result<(), TrainError> {
 pub fn load_run_model(
     run: &RunPaths,
     checkpoint_dir: &Path,
-) -> Result<(RunRecord, ResNet), TrainError> {
+) -> Result<(RunRecord, Network), TrainError> {
     let record = run.read_record()?;
     let device: Device = crate::device::default_device();
     let mut model = record.model.build(&device)?;

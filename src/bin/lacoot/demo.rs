@@ -61,7 +61,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
         eprintln!("== training {name} (lambda {lambda}) ==");
         let config = TrainConfig {
-            width: args.width,
+            width: Some(args.width),
             data: DataSource::FashionMnistSubset,
             epochs: args.epochs,
             lambda,

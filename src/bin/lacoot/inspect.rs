@@ -3,7 +3,9 @@
 use anyhow::Result;
 use clap::Args;
 use lacoot::device::default_device;
-use lacoot::models::{Architecture, BlockNetwork, ModelSpec, StemKind};
+use lacoot::models::{BlockNetwork, ModelSpec};
+
+use crate::architecture::ArchitectureArgs;
 use serde_json::json;
 
 /// A network's blocks, shapes, collapsibility, parameters and MACs.
@@ -16,15 +18,17 @@ use serde_json::json;
 /// element). For the paper's CIFAR ResNet-18 (3x32x32, 10 classes): 140.19 M, and 64.69 M with
 /// --remove layer1.1,layer2.1,layer3.1,layer4.1.
 ///
-/// Example: lacoot inspect --model resnet18 --remove layer3.1,layer4.1
+/// Swin-T's MACs also count the two attention products (torchvision's 4.49 GFLOPs at 224x224).
+///
+/// Examples:
+///   lacoot inspect --model resnet18 --remove layer3.1,layer4.1
+///   lacoot inspect --model mobilenetv2 --input 224 --classes 1000 --unit depthwise
+///   lacoot inspect --model swin-t --input 224 --classes 1000
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct InspectArgs {
-    /// The architecture.
-    #[arg(long, value_enum, default_value = "resnet18")]
-    model: Architecture,
-    /// The stem.
-    #[arg(long, value_enum, default_value = "cifar")]
-    stem: StemKind,
+    #[command(flatten)]
+    architecture: ArchitectureArgs,
     /// Channels of the input images.
     #[arg(long, default_value_t = 3)]
     in_channels: usize,
@@ -34,9 +38,6 @@ pub struct InspectArgs {
     /// Number of classes.
     #[arg(long, default_value_t = 10)]
     classes: usize,
-    /// Channels of the first stage.
-    #[arg(long, default_value_t = 64)]
-    width: usize,
     /// Blocks to replace by identity, comma-separated.
     #[arg(long, value_delimiter = ',')]
     remove: Vec<String>,
@@ -47,14 +48,14 @@ pub struct InspectArgs {
 
 /// Builds the network and prints its blocks and totals.
 pub fn run(args: &InspectArgs) -> Result<()> {
+    let arch = &args.architecture;
     let spec = ModelSpec {
-        architecture: args.model,
-        stem: args.stem,
-        width: args.width,
-        in_channels: args.in_channels,
-        input_size: args.input,
-        num_classes: args.classes,
+        stem: arch.stem,
+        width: arch.width.unwrap_or(arch.model.default_width()),
+        unit: arch.unit,
+        pairing: arch.pairing,
         removed_blocks: args.remove.clone(),
+        ..ModelSpec::new(arch.model, args.in_channels, args.input, args.classes)
     };
     let network = spec.build(&default_device())?;
     let blocks = network.blocks();
@@ -77,7 +78,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<10} {:>14} {:>14} {:>12} {:>12} {:>13}",
+        "{:<18} {:>14} {:>14} {:>12} {:>12} {:>13}",
         "block", "input", "output", "collapsible", "params", "MACs"
     );
     for b in &blocks {
@@ -88,7 +89,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             (false, false) => "no",
         };
         println!(
-            "{:<10} {:>14} {:>14} {:>12} {:>12} {:>13}",
+            "{:<18} {:>14} {:>14} {:>12} {:>12} {:>13}",
             b.name,
             shape(b.input_shape),
             shape(b.output_shape),

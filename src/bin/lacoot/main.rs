@@ -1,5 +1,6 @@
 //! The `lacoot` command line: a thin shell over the library that parses flags, calls it and prints.
 
+mod architecture;
 mod collapse;
 mod demo;
 mod distance;

@@ -7,12 +7,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lacoot::data::{Augmentation, DataSource, load_splits};
-use lacoot::models::{Architecture, StemKind};
 use lacoot::train::{
     EpochMetrics, OptimizerKind, RegularisedBlocks, RunPaths, TrainConfig, TrainObserver, evaluate,
     load_run_model, train,
 };
 use serde_json::json;
+
+use crate::architecture::ArchitectureArgs;
 
 /// Train a network with the LaCoOT regulariser (or without it, with --lambda 0).
 ///
@@ -37,17 +38,8 @@ pub struct TrainArgs {
     #[arg(long)]
     resume: bool,
 
-    /// The architecture.
-    #[arg(long, value_enum, default_value = "resnet18")]
-    model: Architecture,
-
-    /// The stem: the paper's CIFAR stem (3x3 stride 1) or torchvision's ImageNet stem (7x7 stride 2).
-    #[arg(long, value_enum, default_value = "cifar")]
-    stem: StemKind,
-
-    /// Channels of the first stage (64 in the paper; smaller makes CPU runs feasible).
-    #[arg(long, default_value_t = 64)]
-    width: usize,
+    #[command(flatten)]
+    architecture: ArchitectureArgs,
 
     /// The data set: fashion-mnist (Debian's copy when installed, else the embedded subset),
     /// fashion-mnist-subset, mnist, cifar10, cifar100 or image-folder.
@@ -98,8 +90,8 @@ pub struct TrainArgs {
     #[arg(long = "lambda", default_value_t = 5.0)]
     lambda: f64,
 
-    /// Regularised blocks: every shape-preserving block, or the paper's (all but the first of each
-    /// stage).
+    /// Regularised blocks: every shape-preserving block, or the paper's (for ResNets all but the
+    /// first of each stage; for the others every shape-preserving block).
     #[arg(long, value_enum, default_value = "all")]
     blocks: RegularisedBlocks,
 
@@ -142,9 +134,11 @@ impl TrainArgs {
             horizontal_flip: !self.no_flip,
         });
         Ok(TrainConfig {
-            architecture: self.model,
-            stem: self.stem,
-            width: self.width,
+            architecture: self.architecture.model,
+            stem: self.architecture.stem,
+            width: self.architecture.width,
+            unit: self.architecture.unit,
+            pairing: self.architecture.pairing,
             data,
             validation_fraction: self.validation_fraction,
             epochs: self.epochs,
