@@ -25,7 +25,7 @@ fn inspect_json(args: &[&str]) -> serde_json::Value {
 fn the_paper_totals_and_the_removed_share() {
     let text = String::from_utf8(inspect(&[]).stdout).unwrap();
     assert!(
-        text.contains("140.19 M MACs (conv + linear, per image)"),
+        text.contains("140.19 M MACs (conv + linear + attention, per image)"),
         "{text}"
     );
     assert!(text.contains("11173962 parameters"));

@@ -56,7 +56,7 @@ pub struct CollapseSettings {
     pub blocks: RegularisedBlocks,
     /// Largest acceptable drop of test accuracy, in percentage points.
     pub max_drop: f64,
-    /// MACs (conv + linear, per image) the chosen model must not exceed, if any.
+    /// MACs (conv + linear + attention, per image) the chosen model must not exceed, if any.
     pub target_macs: Option<u64>,
     /// Settings of the distance criteria.
     pub score: ScoreSettings,

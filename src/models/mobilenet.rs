@@ -218,6 +218,9 @@ fn conv_norm_cost((conv, norm): &ConvNorm, shape: [usize; 3]) -> (Cost, [usize; 
 }
 
 /// One entry of torchvision's `features` list.
+// burn has no `Module` for `Box`, so the variants stay unboxed; the modules are built once and
+// moved by value only between training steps.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 enum Feature {
     /// The stem or the final 1x1 convolution.
@@ -227,6 +230,9 @@ enum Feature {
 }
 
 /// One layer of an inverted residual's `conv` list.
+// burn has no `Module` for `Box`, so the variants stay unboxed; the modules are built once and
+// moved by value only between training steps.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 enum ResidualLayer {
     /// The expansion or the depthwise convolution, with batch norm and ReLU6.

@@ -12,6 +12,9 @@ use super::{BlockFeatures, BlockInfo, BlockNetwork, Cost, ModelError};
 
 /// Any network lacoot builds. Its variant names are not part of parameter names: stores that read
 /// or write torchvision keys skip them.
+// burn has no `Module` for `Box`, so the variants stay unboxed; the modules are built once and
+// moved by value only between training steps.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network {
     /// ResNet-18 / ResNet-34.

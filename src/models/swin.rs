@@ -120,7 +120,7 @@ impl SwinConfig {
         for stage in 0..4 {
             let dim = self.embed_dim << stage;
             let heads = self.num_heads[stage];
-            if heads == 0 || dim % heads != 0 {
+            if heads == 0 || !dim.is_multiple_of(heads) {
                 return Err(ModelError::InvalidConfig(format!(
                     "stage {} has {dim} channels, which {heads} heads cannot share",
                     stage + 1

@@ -72,7 +72,7 @@ pub fn write_collapse_plots(dir: &Path, report: &CollapseReport) -> Result<(), P
             "accuracy_vs_macs",
             Series {
                 title: "Test accuracy against cost",
-                x_label: "MACs per image (M, conv + linear)",
+                x_label: "MACs per image (M, conv + linear + attention)",
                 points: report
                     .steps
                     .iter()

@@ -14,7 +14,7 @@ use serde_json::json;
 /// parameters and MACs, and the totals, optionally with blocks removed.
 ///
 /// MACs follow the paper's convention: multiply-accumulates of convolutions and linear layers, per
-/// image. A second total adds batch norm (one per output element) and pooling (one per window
+/// image. A second total adds normalisation (one per output element) and pooling (one per window
 /// element). For the paper's CIFAR ResNet-18 (3x32x32, 10 classes): 140.19 M, and 64.69 M with
 /// --remove layer1.1,layer2.1,layer3.1,layer4.1.
 ///
@@ -68,7 +68,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "{}",
             json!({
                 "model": spec,
-                "macs_convention": "conv + linear multiply-accumulates per image",
+                "macs_convention": "multiply-accumulates of convolutions, linear layers and attention products, per image",
                 "blocks": blocks,
                 "stem_and_head": network.stem_and_head(),
                 "total": total,
@@ -100,7 +100,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     }
     let mega = |v: u64| v as f64 / 1e6;
     println!(
-        "\ntotal: {} parameters, {:.2} M MACs (conv + linear, per image); {:.2} M including batch norm and pooling",
+        "\ntotal: {} parameters, {:.2} M MACs (conv + linear + attention, per image); {:.2} M including normalisation and pooling",
         total.parameters,
         mega(total.macs),
         mega(total.macs + total.norm_pool_macs)
