@@ -712,6 +712,68 @@ mod tests {
     }
 
     #[test]
+    fn stochastic_depth_drops_branches_in_training_only() {
+        let device = crate::device::autodiff_device();
+        let mut config = SwinConfig::swin_t(10, 16);
+        config.embed_dim = 6;
+        config.stochastic_depth = 0.9;
+        let net = config.init(&device).unwrap();
+        let input = Tensor::<4>::random([8, 3, 16, 16], Distribution::Default, &device);
+        let differ = |a: Tensor<2>, b: Tensor<2>| a.sub(b).abs().max().into_scalar::<f32>() > 1e-6;
+        assert!(differ(
+            net.forward(input.clone()),
+            net.forward(input.clone())
+        ));
+        let eval = net.valid();
+        let input = input.inner();
+        assert!(!differ(eval.forward(input.clone()), eval.forward(input)));
+    }
+
+    #[test]
+    fn the_regulariser_gradient_reaches_every_block_in_both_pairings() {
+        use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
+        let device = crate::device::autodiff_device();
+        for pairing in [FeaturePairing::Block, FeaturePairing::MlpBranch] {
+            let mut config = SwinConfig::swin_t(10, 16);
+            config.embed_dim = 6;
+            config.pairing = pairing;
+            let net = config.init(&device).unwrap();
+            let capture: BTreeSet<String> = net.blocks().into_iter().map(|b| b.name).collect();
+            let input = Tensor::<4>::random([6, 3, 16, 16], Distribution::Default, &device);
+            let (_, features) = net.forward_capturing(input, &capture);
+            let mut sampler = DirectionSampler::new(1);
+            let regulariser = features
+                .into_iter()
+                .map(|f| {
+                    let (x, y) = (point_cloud(f.input), point_cloud(f.output));
+                    let dirs = sampler.sample(x.dims()[1], 8, &device, x.dtype()).unwrap();
+                    max_sliced_wasserstein(x, y, &dirs, 2.0, None)
+                        .unwrap()
+                        .value
+                })
+                .reduce(|a, b| a + b)
+                .unwrap();
+            let grads = regulariser.backward();
+            let stages = net.features.iter().filter_map(|f| match f {
+                SwinFeature::Stage(blocks) => Some(blocks),
+                _ => None,
+            });
+            for (stage, blocks) in stages.enumerate() {
+                for (index, block) in blocks.iter().enumerate() {
+                    let grad = block.mlp.3.weight.grad(&grads).unwrap_or_else(|| {
+                        panic!("{pairing:?}: stage {stage} block {index}: no gradient")
+                    });
+                    let size = grad.abs().sum().into_scalar::<f32>();
+                    assert!(
+                        size > 0.0 && size.is_finite(),
+                        "{pairing:?}: |grad| = {size}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn small_inputs_pad_windows_and_keep_shapes() {
         let device = default_device();
         let mut config = SwinConfig::swin_t(10, 28);
