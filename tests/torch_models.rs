@@ -124,10 +124,11 @@ fn mobilenet_v2_loads_a_pth_saved_from_a_wrapper() {
 #[test]
 fn swin_t_reproduces_torchvision_with_padded_and_shifted_windows() {
     let expected = read_json(&fixture("swin_t", "expected.json"));
-    let weights = fixture("swin_t", "weights.safetensors");
     // At 32x32 the 8x8 patch grid pads to 14x14 (shifted windows in stage 1 only); at 64x64 the
-    // 16x16 grid pads to 21x21 and stage 2's 8x8 to 14x14.
-    for size in [32, 64] {
+    // 16x16 grid pads to 21x21 and stage 2's 8x8 to 14x14. The .pth also holds torchvision's
+    // integer `relative_position_index` buffers, which lacoot derives instead of loading.
+    for (size, weights) in [(32, "weights.safetensors"), (64, "weights.pth")] {
+        let weights = fixture("swin_t", weights);
         let spec = ModelSpec {
             width: 12,
             ..ModelSpec::new(Architecture::SwinT, 3, size, 10)

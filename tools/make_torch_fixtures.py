@@ -96,13 +96,17 @@ def parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save(directory: str, model: nn.Module, extra: dict, pth: bool = False) -> None:
+def save(directory: str, model: nn.Module, extra: dict, pth: str | None = None) -> None:
+    """Writes the weights as safetensors and, when `pth` is "plain" or "backbone", also as a
+    torch.save file (with every key prefixed by `backbone.` for the latter)."""
     os.makedirs(directory, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(directory, "weights.safetensors"))
-    if pth:
+    if pth == "backbone":
         prefixed = {f"backbone.{k}": v for k, v in state.items()}
         torch.save(prefixed, os.path.join(directory, "weights_backbone_prefix.pth"))
+    elif pth == "plain":
+        torch.save(model.state_dict(), os.path.join(directory, "weights.pth"))
     with open(os.path.join(directory, "expected.json"), "w") as f:
         json.dump(extra, f, indent=2)
         f.write("\n")
@@ -152,7 +156,7 @@ def mobilenet_fixture(name: str, cifar: bool, size: int, seed: int) -> None:
             "torch_version": torch.__version__,
             "torchvision_version": torchvision.__version__,
         },
-        pth=cifar,
+        pth="backbone" if cifar else None,
     )
     np.save(os.path.join(directory, "input.npy"), x.numpy())
     for key, value in results.items():
@@ -192,7 +196,7 @@ def swin_fixture(seed: int) -> None:
     full = swin_t()
     expected["torchvision_swin_t_parameters"] = parameters(full)
     expected["torchvision_swin_t_macs_224"] = conv_linear_macs(full, 224)
-    save(directory, model, expected)
+    save(directory, model, expected, pth="plain")
 
 
 def main() -> None:
