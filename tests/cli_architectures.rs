@@ -2,28 +2,11 @@
 //! and `lacoot eval --model`, with the architecture-specific options (depthwise units, MLP-branch
 //! pairing). Tiny widths and 8x8 images keep it fast.
 
-use std::path::Path;
-
-use assert_cmd::Command;
-
 mod common;
 
-fn lacoot() -> Command {
-    Command::cargo_bin("lacoot").unwrap()
-}
+use std::path::Path;
 
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
+use common::{lacoot, ok, read_json};
 
 /// Trains `model_flags` for two epochs with the regulariser, collapses it, and checks that the
 /// saved model reproduces the reported accuracy; returns the collapse report.

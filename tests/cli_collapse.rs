@@ -1,21 +1,8 @@
 //! `lacoot collapse`, `lacoot eval --model` and `lacoot demo` from the outside.
 
-use assert_cmd::Command;
-
 mod common;
 
-fn lacoot() -> Command {
-    Command::cargo_bin("lacoot").unwrap()
-}
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use common::{lacoot, ok};
 
 #[test]
 fn collapse_writes_everything_and_the_saved_model_reproduces_its_accuracy() {

@@ -4,13 +4,8 @@ mod common;
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use common::*;
 use serde_json::Value;
-
-fn lacoot() -> Command {
-    Command::cargo_bin("lacoot").unwrap()
-}
 
 fn json_of(args: &[&str]) -> Value {
     let output = lacoot()

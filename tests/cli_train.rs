@@ -1,13 +1,11 @@
 //! `lacoot train` and `lacoot eval` from the outside.
 
+mod common;
+
 use std::path::Path;
 
-use assert_cmd::Command;
+use common::lacoot;
 use lacoot::data::idx::encode_idx;
-
-fn lacoot() -> Command {
-    Command::cargo_bin("lacoot").unwrap()
-}
 
 /// A 10-class IDX data set of 4x4 images: 30 training and 20 test images.
 fn write_data(root: &Path) {

@@ -5,9 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use burn::tensor::Tensor;
 use common::*;
-use lacoot::arrays::HostArray;
 use lacoot::device::default_device;
 use lacoot::models::weights::load_torch_weights;
 use lacoot::models::{BlockNetwork, ModelError, ResNet, ResNetConfig, ResNetDepth, Stem};
@@ -26,35 +24,19 @@ fn loaded(weights: &Path) -> ResNet {
     net
 }
 
-fn array4(path: &Path) -> Tensor<4> {
-    let array = HostArray::read(path, None).unwrap();
-    let shape: [usize; 4] = array.shape.clone().try_into().unwrap();
-    let points = array.into_point_cloud(&default_device()).unwrap();
-    points.reshape(shape)
-}
-
-fn assert_logits_match(net: &ResNet, expected_file: &str) {
-    let input = array4(&fixture("input.npy"));
-    let expected = read_matrix(&fixture(expected_file), &default_device());
-    let got = values(net.forward(input));
-    let want = values(expected);
-    assert_eq!(got.len(), want.len());
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0.0, f64::max);
-    assert!(worst < 1e-4, "{expected_file}: max |Δ| = {worst}");
+fn assert_resnet_matches(net: &ResNet, expected_file: &str) {
+    let input = read_array4(&fixture("input.npy"));
+    assert_logits_match(net.forward(input), &fixture(expected_file));
 }
 
 #[test]
 fn pth_and_safetensors_reproduce_pytorch_eval_logits() {
     for weights in ["resnet18_cifar.pth", "resnet18_cifar.safetensors"] {
         let mut net = loaded(&fixture(weights));
-        assert_logits_match(&net, "logits_eval.npy");
+        assert_resnet_matches(&net, "logits_eval.npy");
         net.remove_blocks(&["layer3.1".into(), "layer4.1".into()])
             .unwrap();
-        assert_logits_match(&net, "logits_eval_without_layer3.1_layer4.1.npy");
+        assert_resnet_matches(&net, "logits_eval_without_layer3.1_layer4.1.npy");
     }
 }
 
@@ -120,5 +102,5 @@ fn a_wrapper_prefix_can_be_stripped() {
     assert!(load_torch_weights(&mut net, &wrapped, None).is_err());
     let report = load_torch_weights(&mut net, &wrapped, Some("backbone.")).unwrap();
     assert_eq!(report.applied, 102);
-    assert_logits_match(&net, "logits_eval.npy");
+    assert_resnet_matches(&net, "logits_eval.npy");
 }

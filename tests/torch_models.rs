@@ -6,9 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Tensor;
 use common::*;
-use lacoot::arrays::HostArray;
 use lacoot::device::default_device;
 use lacoot::models::weights::load_torch_weights;
 use lacoot::models::{
@@ -19,25 +17,8 @@ fn fixture(model: &str, name: &str) -> PathBuf {
     local_fixtures().join("torch").join(model).join(name)
 }
 
-fn array4(path: &Path) -> Tensor<4> {
-    let array = HostArray::read(path, None).unwrap();
-    let shape: [usize; 4] = array.shape.clone().try_into().unwrap();
-    array
-        .into_point_cloud(&default_device())
-        .unwrap()
-        .reshape(shape)
-}
-
-fn assert_logits_match(net: &Network, input: &Path, expected: &Path) {
-    let got = values(net.forward(array4(input)));
-    let want = values(read_matrix(expected, &default_device()));
-    assert_eq!(got.len(), want.len());
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0.0, f64::max);
-    assert!(worst < 1e-4, "{}: max |Δ| = {worst}", expected.display());
+fn assert_net_matches(net: &Network, input: &Path, expected: &Path) {
+    assert_logits_match(net.forward(read_array4(input)), expected);
 }
 
 fn mobilenet(architecture: Architecture, size: usize, unit: RemovalUnit) -> ModelSpec {
@@ -71,9 +52,9 @@ fn mobilenet_v2_reproduces_torchvision_in_both_layouts_and_units() {
             expected["parameters"].as_u64().unwrap()
         );
         assert_eq!(net.total_macs(), expected["macs"].as_u64().unwrap());
-        assert_logits_match(&net, &input, &fixture(model, "logits_eval.npy"));
+        assert_net_matches(&net, &input, &fixture(model, "logits_eval.npy"));
         net.remove_blocks(&["features.6".into()]).unwrap();
-        assert_logits_match(
+        assert_net_matches(
             &net,
             &input,
             &fixture(model, "logits_eval_without_features.6.npy"),
@@ -83,7 +64,7 @@ fn mobilenet_v2_reproduces_torchvision_in_both_layouts_and_units() {
         let mut net = load(&spec, &weights, None);
         net.remove_blocks(&["features.1.conv.0".into(), "features.5.conv.1".into()])
             .unwrap();
-        assert_logits_match(
+        assert_net_matches(
             &net,
             &input,
             &fixture(
@@ -114,7 +95,7 @@ fn mobilenet_v2_loads_a_pth_saved_from_a_wrapper() {
         other => panic!("expected a key mismatch, got {other:?}"),
     }
     let net = load(&spec, &weights, Some("backbone."));
-    assert_logits_match(
+    assert_net_matches(
         &net,
         &fixture(model, "input.npy"),
         &fixture(model, "logits_eval.npy"),
@@ -144,13 +125,13 @@ fn swin_t_reproduces_torchvision_with_padded_and_shifted_windows() {
             macs["conv_linear"].as_u64().unwrap() + macs["attention"].as_u64().unwrap()
         );
         let input = fixture("swin_t", &format!("input_{size}.npy"));
-        assert_logits_match(
+        assert_net_matches(
             &net,
             &input,
             &fixture("swin_t", &format!("logits_eval_{size}.npy")),
         );
         net.remove_blocks(&["features.5.3".into()]).unwrap();
-        assert_logits_match(
+        assert_net_matches(
             &net,
             &input,
             &fixture(

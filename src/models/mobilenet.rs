@@ -568,7 +568,6 @@ mod tests {
 
     #[test]
     fn the_regulariser_gradient_reaches_every_depthwise_unit() {
-        use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
         let device = crate::device::autodiff_device();
         let mut config = MobileNetV2Config::new(MobileNetVariant::Cifar, 10, 8);
         config.width_multiplier = 0.25;
@@ -581,19 +580,7 @@ mod tests {
             burn::tensor::Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let (_, features) = net.forward_capturing(input, &capture);
-        let mut sampler = DirectionSampler::new(1);
-        let regulariser = features
-            .into_iter()
-            .map(|f| {
-                let (x, y) = (point_cloud(f.input), point_cloud(f.output));
-                let dirs = sampler.sample(x.dims()[1], 8, &device, x.dtype()).unwrap();
-                max_sliced_wasserstein(x, y, &dirs, 2.0, None)
-                    .unwrap()
-                    .value
-            })
-            .reduce(|a, b| a + b)
-            .unwrap();
+        let regulariser = crate::models::test_support::regulariser(&net, input, &capture);
         let grads = regulariser.backward();
         for (index, feature) in net.features.iter().enumerate() {
             let Feature::InvertedResidual(block) = feature else {
@@ -605,14 +592,9 @@ mod tests {
             let ResidualLayer::Activated((conv, _)) = &block.conv[block.depthwise_index()] else {
                 panic!("features.{index}: the depthwise layer is not a conv + BN + ReLU6");
             };
-            let grad = conv
-                .weight
-                .grad(&grads)
-                .unwrap_or_else(|| panic!("features.{index}: no gradient"));
-            let size = grad.abs().sum().into_scalar::<f32>();
-            assert!(
-                size > 0.0 && size.is_finite(),
-                "features.{index}: |grad| = {size}"
+            crate::models::test_support::assert_nonzero_gradient(
+                conv.weight.grad(&grads),
+                &format!("features.{index}"),
             );
         }
     }

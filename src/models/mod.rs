@@ -213,3 +213,44 @@ pub(crate) fn check_removable(blocks: &[BlockInfo], names: &[String]) -> Result<
     }
     Ok(())
 }
+
+/// What the models' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeSet;
+
+    use burn::tensor::Tensor;
+
+    use super::BlockNetwork;
+    use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
+
+    /// The sum over the `capture`d blocks of their max-sliced distance (8 directions), for checking
+    /// that the regulariser's gradient reaches every block.
+    pub(crate) fn regulariser<N: BlockNetwork>(
+        net: &N,
+        input: Tensor<4>,
+        capture: &BTreeSet<String>,
+    ) -> Tensor<1> {
+        let device = input.device();
+        let (_, features) = net.forward_capturing(input, capture);
+        let mut sampler = DirectionSampler::new(1);
+        features
+            .into_iter()
+            .map(|f| {
+                let (x, y) = (point_cloud(f.input), point_cloud(f.output));
+                let dirs = sampler.sample(x.dims()[1], 8, &device, x.dtype()).unwrap();
+                max_sliced_wasserstein(x, y, &dirs, 2.0, None)
+                    .unwrap()
+                    .value
+            })
+            .reduce(|a, b| a + b)
+            .expect("at least one captured block")
+    }
+
+    /// Asserts that a parameter received a finite, non-zero gradient.
+    pub(crate) fn assert_nonzero_gradient<const D: usize>(grad: Option<Tensor<D>>, what: &str) {
+        let grad = grad.unwrap_or_else(|| panic!("{what}: no gradient"));
+        let size = grad.abs().sum().into_scalar::<f32>();
+        assert!(size > 0.0 && size.is_finite(), "{what}: |grad| = {size}");
+    }
+}

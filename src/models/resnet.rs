@@ -415,7 +415,6 @@ mod tests {
 
     #[test]
     fn the_regulariser_gradient_reaches_every_regularised_block() {
-        use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
         let device = crate::device::autodiff_device();
         let net = ResNetConfig::new(ResNetDepth::ResNet18, Stem::Cifar)
             .with_width(4)
@@ -433,32 +432,16 @@ mod tests {
             burn::tensor::Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let (_, features) = net.forward_capturing(input, &capture);
-        let mut sampler = DirectionSampler::new(1);
-        let regulariser = features
-            .into_iter()
-            .map(|f| {
-                let (x, y) = (point_cloud(f.input), point_cloud(f.output));
-                let dirs = sampler.sample(x.dims()[1], 8, &device, x.dtype()).unwrap();
-                max_sliced_wasserstein(x, y, &dirs, 2.0, None)
-                    .unwrap()
-                    .value
-            })
-            .reduce(|a, b| a + b)
-            .unwrap();
+        let regulariser = crate::models::test_support::regulariser(&net, input, &capture);
         let grads = regulariser.backward();
         for (name, block) in net.named_blocks().filter(|(n, _)| capture.contains(n)) {
             for (which, weight) in [
                 ("conv1", &block.conv1.weight),
                 ("conv2", &block.conv2.weight),
             ] {
-                let grad = weight
-                    .grad(&grads)
-                    .unwrap_or_else(|| panic!("{name}.{which}: no gradient"));
-                let size = grad.abs().sum().into_scalar::<f32>();
-                assert!(
-                    size > 0.0 && size.is_finite(),
-                    "{name}.{which}: |grad| = {size}"
+                crate::models::test_support::assert_nonzero_gradient(
+                    weight.grad(&grads),
+                    &format!("{name}.{which}"),
                 );
             }
         }

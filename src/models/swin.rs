@@ -731,7 +731,6 @@ mod tests {
 
     #[test]
     fn the_regulariser_gradient_reaches_every_block_in_both_pairings() {
-        use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
         let device = crate::device::autodiff_device();
         for pairing in [FeaturePairing::Block, FeaturePairing::MlpBranch] {
             let mut config = SwinConfig::swin_t(10, 16);
@@ -740,19 +739,7 @@ mod tests {
             let net = config.init(&device).unwrap();
             let capture: BTreeSet<String> = net.blocks().into_iter().map(|b| b.name).collect();
             let input = Tensor::<4>::random([6, 3, 16, 16], Distribution::Default, &device);
-            let (_, features) = net.forward_capturing(input, &capture);
-            let mut sampler = DirectionSampler::new(1);
-            let regulariser = features
-                .into_iter()
-                .map(|f| {
-                    let (x, y) = (point_cloud(f.input), point_cloud(f.output));
-                    let dirs = sampler.sample(x.dims()[1], 8, &device, x.dtype()).unwrap();
-                    max_sliced_wasserstein(x, y, &dirs, 2.0, None)
-                        .unwrap()
-                        .value
-                })
-                .reduce(|a, b| a + b)
-                .unwrap();
+            let regulariser = crate::models::test_support::regulariser(&net, input, &capture);
             let grads = regulariser.backward();
             let stages = net.features.iter().filter_map(|f| match f {
                 SwinFeature::Stage(blocks) => Some(blocks),
@@ -760,13 +747,9 @@ mod tests {
             });
             for (stage, blocks) in stages.enumerate() {
                 for (index, block) in blocks.iter().enumerate() {
-                    let grad = block.mlp.3.weight.grad(&grads).unwrap_or_else(|| {
-                        panic!("{pairing:?}: stage {stage} block {index}: no gradient")
-                    });
-                    let size = grad.abs().sum().into_scalar::<f32>();
-                    assert!(
-                        size > 0.0 && size.is_finite(),
-                        "{pairing:?}: |grad| = {size}"
+                    crate::models::test_support::assert_nonzero_gradient(
+                        block.mlp.3.weight.grad(&grads),
+                        &format!("{pairing:?}: stage {stage} block {index}"),
                     );
                 }
             }

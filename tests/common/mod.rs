@@ -16,6 +16,44 @@ pub fn local_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The `lacoot` binary built for these tests.
+pub fn lacoot() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("lacoot").unwrap()
+}
+
+/// The standard output of a command that must have succeeded (its standard error otherwise).
+pub fn ok(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Reads a 4-D `.npy` file (e.g. a batch of images) as a tensor on the plain device.
+pub fn read_array4(path: &Path) -> Tensor<4> {
+    let array = HostArray::read(path, None).unwrap();
+    let shape: [usize; 4] = array.shape.clone().try_into().unwrap();
+    array
+        .into_point_cloud(&lacoot::device::default_device())
+        .unwrap()
+        .reshape(shape)
+}
+
+/// Asserts that logits agree with a reference `.npy` matrix within `1e-4` everywhere.
+pub fn assert_logits_match(logits: Tensor<2>, expected: &Path) {
+    let got = values(logits);
+    let want = values(read_matrix(expected, &lacoot::device::default_device()));
+    assert_eq!(got.len(), want.len(), "{}", expected.display());
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "{}: max |Δ| = {worst}", expected.display());
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
