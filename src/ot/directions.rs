@@ -122,10 +122,8 @@ impl DirectionSampler {
         let draw_seed = mix(self.seed, self.draws);
         self.draws += 1;
         let data = match dtype {
-            DType::F64 => TensorData::new(unit_rows(draw_seed, dim, count, |v| v), [count, dim]),
-            DType::F32 => {
-                TensorData::new(unit_rows(draw_seed, dim, count, |v| v as f32), [count, dim])
-            }
+            DType::F64 => TensorData::new(unit_rows::<f64>(draw_seed, dim, count), [count, dim]),
+            DType::F32 => TensorData::new(unit_rows::<f32>(draw_seed, dim, count), [count, dim]),
             other => return Err(OtError::UnsupportedDType(format!("{other:?}"))),
         };
         Ok(Directions {
@@ -134,30 +132,67 @@ impl DirectionSampler {
     }
 }
 
+/// Element types the sampler produces, each with its Gaussian source.
+trait SampledReal: Copy + Send + Sync {
+    /// Fills `out` with standard normal samples from `rng`.
+    fn fill_gaussian(rng: &mut Xoshiro256PlusPlus, out: &mut [Self]);
+    /// Widens to f64 (for the norm).
+    fn widen(self) -> f64;
+    /// `self * scale`, rounded to the element type.
+    fn scaled(self, scale: f64) -> Self;
+}
+
+impl SampledReal for f64 {
+    fn fill_gaussian(rng: &mut Xoshiro256PlusPlus, out: &mut [f64]) {
+        out.iter_mut()
+            .for_each(|g| *g = StandardNormal.sample(&mut *rng));
+    }
+
+    fn widen(self) -> f64 {
+        self
+    }
+
+    fn scaled(self, scale: f64) -> f64 {
+        self * scale
+    }
+}
+
+impl SampledReal for f32 {
+    fn fill_gaussian(rng: &mut Xoshiro256PlusPlus, out: &mut [f32]) {
+        super::gaussian::fill_standard_normal(rng, out);
+    }
+
+    fn widen(self) -> f64 {
+        f64::from(self)
+    }
+
+    fn scaled(self, scale: f64) -> f32 {
+        (f64::from(self) * scale) as f32
+    }
+}
+
 /// `count` rows of `dim` normalised Gaussian samples; row `l` comes from its own generator, seeded by
-/// `(draw_seed, l)`.
-fn unit_rows<T: Copy + Default + Send>(
-    draw_seed: u64,
-    dim: usize,
-    count: usize,
-    convert: impl Fn(f64) -> T + Sync,
-) -> Vec<T> {
-    let mut out = vec![T::default(); dim * count];
-    out.par_chunks_mut(dim).enumerate().for_each_init(
-        || vec![0.0f64; dim],
-        |gaussian, (row, chunk)| {
-            let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(draw_seed, row as u64));
-            let mut squared_norm = 0.0;
-            for g in gaussian.iter_mut() {
-                *g = StandardNormal.sample(&mut rng);
-                squared_norm += *g * *g;
-            }
-            let scale = squared_norm.sqrt().recip();
-            for (out, g) in chunk.iter_mut().zip(gaussian.iter()) {
-                *out = convert(g * scale);
-            }
-        },
-    );
+/// `(draw_seed, l)`. The norm is accumulated in f64 whatever the element type.
+fn unit_rows<T: SampledReal + Default>(draw_seed: u64, dim: usize, count: usize) -> Vec<T> {
+    let len = dim * count;
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(dim)
+        .enumerate()
+        .for_each_init(
+            || vec![T::default(); dim],
+            |gaussian, (row, chunk)| {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(draw_seed, row as u64));
+                T::fill_gaussian(&mut rng, gaussian);
+                let squared_norm: f64 = gaussian.iter().map(|g| g.widen() * g.widen()).sum();
+                let scale = squared_norm.sqrt().recip();
+                for (slot, g) in chunk.iter_mut().zip(gaussian.iter()) {
+                    slot.write(g.scaled(scale));
+                }
+            },
+        );
+    // SAFETY: every row of `dim` elements among the first `len` was written just above.
+    unsafe { out.set_len(len) };
     out
 }
 

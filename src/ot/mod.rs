@@ -16,6 +16,7 @@
 mod ascent;
 mod coupling;
 mod directions;
+mod gaussian;
 mod projection;
 mod sliced;
 
