@@ -53,10 +53,25 @@ pub(crate) fn fill_standard_normal<R: Rng>(rng: &mut R, out: &mut [f32]) {
 }
 
 /// One sample from 32 random bits, drawing more from `rng` only on the slow paths.
-fn sample<R: Rng>(tables: &Tables, mut word: u32, rng: &mut R) -> f32 {
+#[inline(always)]
+fn sample<R: Rng>(tables: &Tables, word: u32, rng: &mut R) -> f32 {
+    let layer = (word & 0xff) as usize;
+    // The upper 24 bits, uniform in [-1, 1).
+    let u = (word >> 8) as f32 * (2.0 / 16_777_216.0) - 1.0;
+    let x = u * tables.edges[layer];
+    if x.abs() < tables.edges[layer + 1] {
+        x
+    } else {
+        slow_sample(tables, word, rng)
+    }
+}
+
+/// The rest of [`sample`] for the ~1 % of words that fall outside a layer's rectangle.
+#[cold]
+#[inline(never)]
+fn slow_sample<R: Rng>(tables: &Tables, mut word: u32, rng: &mut R) -> f32 {
     loop {
         let layer = (word & 0xff) as usize;
-        // The upper 24 bits, uniform in [-1, 1).
         let u = (word >> 8) as f32 * (2.0 / 16_777_216.0) - 1.0;
         let x = u * tables.edges[layer];
         if x.abs() < tables.edges[layer + 1] {

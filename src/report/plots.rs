@@ -41,6 +41,8 @@ pub enum PlotError {
 struct Series<'a> {
     title: &'a str,
     x_label: &'a str,
+    /// Whether x counts something (ticks only at whole numbers, labelled without decimals).
+    integer_x: bool,
     points: Vec<(f64, f64)>,
     chosen: usize,
 }
@@ -59,6 +61,7 @@ pub fn write_collapse_plots(dir: &Path, report: &CollapseReport) -> Result<(), P
             Series {
                 title: "Test accuracy as blocks are removed (no finetuning)",
                 x_label: "blocks removed",
+                integer_x: true,
                 points: report
                     .steps
                     .iter()
@@ -73,6 +76,7 @@ pub fn write_collapse_plots(dir: &Path, report: &CollapseReport) -> Result<(), P
             Series {
                 title: "Test accuracy against cost",
                 x_label: "MACs per image (M, conv + linear + attention)",
+                integer_x: false,
                 points: report
                     .steps
                     .iter()
@@ -122,8 +126,18 @@ where
         .y_label_area_size(56)
         .build_cartesian_2d(x_min..x_max, y_min..y_max)
         .map_err(error)?;
+    let x_format = |v: &f64| {
+        if !series.integer_x {
+            format!("{v:.1}")
+        } else if (v - v.round()).abs() < 1e-9 {
+            format!("{v:.0}")
+        } else {
+            String::new()
+        }
+    };
     chart
         .configure_mesh()
+        .x_label_formatter(&x_format)
         .x_desc(series.x_label)
         .y_desc("test accuracy (%)")
         .label_style(("sans-serif", 13))
