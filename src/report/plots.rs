@@ -117,8 +117,9 @@ where
     let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(error)?;
     let (xs, ys): (Vec<f64>, Vec<f64>) = series.points.iter().copied().unzip();
-    let (x_min, x_max) = bounds(&xs);
-    let (y_min, y_max) = bounds(&ys);
+    let (x_min, x_max) = bounds(&xs, 0.0);
+    // At least 10 points of accuracy, so that a flat curve looks flat.
+    let (y_min, y_max) = bounds(&ys, ACCURACY_SPAN);
     let mut chart = ChartBuilder::on(root)
         .caption(series.title, ("sans-serif", 20))
         .margin(16)
@@ -165,8 +166,10 @@ where
         .map_err(error)?
         .label("chosen")
         .legend(move |(x, y)| Circle::new((x, y), 6, highlight.stroke_width(3)));
+    // Lower left: accuracy curves start high and fall to the right, so that corner stays clear.
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
@@ -175,10 +178,16 @@ where
     root.present().map_err(error)
 }
 
-/// A padded range around the values (never empty).
-fn bounds(values: &[f64]) -> (f64, f64) {
+/// The smallest accuracy range (percentage points) a plot shows.
+const ACCURACY_SPAN: f64 = 10.0;
+
+/// A padded range around the values (never empty), widened about its centre to at least
+/// `min_span`.
+fn bounds(values: &[f64], min_span: f64) -> (f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let pad = ((max - min) * 0.08).max(0.5);
-    (min - pad, max + pad)
+    let (low, high) = (min - pad, max + pad);
+    let widen = ((min_span - (high - low)) / 2.0).max(0.0);
+    (low - widen, high + widen)
 }
