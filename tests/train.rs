@@ -4,12 +4,20 @@
 mod common;
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use common::write_toy_data;
 
 use lacoot::data::DataSource;
 use lacoot::models::{Architecture, StemKind};
 use lacoot::train::{RegularisedBlocks, RunPaths, Silent, TrainConfig, load_run_model, train};
+
+/// Training seeds burn's device generator, which the whole process shares: tests that train take
+/// turns, so that each run draws only its own numbers.
+fn one_training_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn tiny_config(data: &Path, epochs: usize, lambda: f64) -> TrainConfig {
     TrainConfig {
@@ -34,6 +42,7 @@ fn tiny_config(data: &Path, epochs: usize, lambda: f64) -> TrainConfig {
 
 #[test]
 fn a_tiny_resnet_learns_and_writes_its_run() {
+    let _turn = one_training_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     write_toy_data(tmp.path(), 5);
     let run = RunPaths::new(tmp.path().join("run"));
@@ -98,8 +107,31 @@ fn timeless_metrics(run: &RunPaths) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Trains `config` straight through and with an interruption after epoch 2, and checks that both
+/// wrote the same metrics; returns the interrupted run.
+fn assert_resumes_exactly(config: &TrainConfig, root: &Path) -> RunPaths {
+    let straight = RunPaths::new(root.join("straight"));
+    train(config, &straight, false, &Silent).unwrap();
+
+    let interrupted = RunPaths::new(root.join("interrupted"));
+    let first = train(
+        config,
+        &interrupted,
+        false,
+        &StopAfter(2, Default::default()),
+    )
+    .unwrap();
+    assert_eq!(first.state.epochs_done, 2);
+    let rest = train(config, &interrupted, true, &Silent).unwrap();
+    assert_eq!(rest.epochs.len(), 1);
+    assert_eq!(rest.epochs[0].epoch, 3);
+    assert_eq!(timeless_metrics(&interrupted), timeless_metrics(&straight));
+    interrupted
+}
+
 #[test]
 fn an_interrupted_run_resumes_exactly() {
+    let _turn = one_training_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     write_toy_data(tmp.path(), 3);
     let config = TrainConfig {
@@ -110,22 +142,7 @@ fn an_interrupted_run_resumes_exactly() {
         milestones: vec![0.5],
         ..tiny_config(tmp.path(), 3, 0.5)
     };
-    let straight = RunPaths::new(tmp.path().join("straight"));
-    train(&config, &straight, false, &Silent).unwrap();
-
-    let interrupted = RunPaths::new(tmp.path().join("interrupted"));
-    let first = train(
-        &config,
-        &interrupted,
-        false,
-        &StopAfter(2, Default::default()),
-    )
-    .unwrap();
-    assert_eq!(first.state.epochs_done, 2);
-    let rest = train(&config, &interrupted, true, &Silent).unwrap();
-    assert_eq!(rest.epochs.len(), 1);
-    assert_eq!(rest.epochs[0].epoch, 3);
-    assert_eq!(timeless_metrics(&interrupted), timeless_metrics(&straight));
+    let interrupted = assert_resumes_exactly(&config, tmp.path());
 
     let different = TrainConfig {
         lambda: 1.0,
@@ -140,7 +157,30 @@ fn an_interrupted_run_resumes_exactly() {
 }
 
 #[test]
+fn runs_with_dropout_and_stochastic_depth_resume_exactly_too() {
+    // MobileNetV2's classifier dropout and Swin-T's stochastic depth draw from the device
+    // generator during training; it is reseeded at every epoch.
+    let _turn = one_training_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_data(tmp.path(), 3);
+    for (name, architecture, width) in [
+        ("mobilenet", Architecture::Mobilenetv2Cifar, 8),
+        ("swin", Architecture::SwinT, 6),
+    ] {
+        let config = TrainConfig {
+            architecture,
+            stem: None,
+            width: Some(width),
+            ..tiny_config(tmp.path(), 3, 0.5)
+        };
+        let root = tmp.path().join(name);
+        assert_resumes_exactly(&config, &root);
+    }
+}
+
+#[test]
 fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint() {
+    let _turn = one_training_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     write_toy_data(tmp.path(), 3);
     let run = RunPaths::new(tmp.path().join("run"));
@@ -176,6 +216,7 @@ fn write_cifar(root: &Path, per_batch: usize) {
 
 #[test]
 fn a_run_can_start_from_pytorch_weights() {
+    let _turn = one_training_at_a_time();
     use burn::store::ModuleSnapshot;
     let tmp = tempfile::tempdir().unwrap();
     write_cifar(tmp.path(), 4);

@@ -32,6 +32,8 @@ use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
 
 /// Salt that separates the direction sampler's seed from the model's and the data's.
 const DIRECTION_SEED_SALT: u64 = 0x4C61_436F_4F54;
+/// Spreads the per-epoch seeds of the device generator apart (the golden-ratio increment).
+const EPOCH_SEED_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// What can go wrong while training or evaluating.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +200,11 @@ pub struct TrainSummary {
 
 /// Trains the model described by `config` into `run`; with `resume`, continues from the run's last
 /// checkpoint (the configuration must be the one recorded in the run).
+///
+/// Initialisation, dropout and stochastic depth draw from burn's device random generator, which
+/// this function seeds from `config.seed` (again at every epoch, so that a resumed run draws what
+/// the uninterrupted one drew). That generator is shared by the whole process: two trainings
+/// running at the same time in one process are not reproducible.
 pub fn train(
     config: &TrainConfig,
     run: &RunPaths,
@@ -262,6 +269,7 @@ pub fn train(
     let mut trained = Vec::new();
     for epoch in state.epochs_done..config.epochs {
         let started = Instant::now();
+        device.seed(config.seed ^ (epoch as u64 + 1).wrapping_mul(EPOCH_SEED_STEP));
         let learning_rate = config.learning_rate_at(epoch);
         observer.epoch_started(epoch + 1, batch_count(train_set.len(), &plan));
         let mut totals = EpochTotals::default();

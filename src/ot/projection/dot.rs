@@ -152,7 +152,7 @@ mod x86 {
     /// tile runs the same unrolled code.
     macro_rules! tiled_kernel {
         ($name:ident, $features:literal, $elem:ty, $vector:ty, $lanes:literal, $a:literal, $b:literal,
-         $zero:ident, $load:ident, $fma:ident, $store:ident) => {
+         $zero:ident, $load:ident, $fma:ident, $reduce:ident) => {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(range: Range<'_, $elem>) -> Vec<$elem> {
                 let Range {
@@ -201,10 +201,7 @@ mod x86 {
                             }
                             for a in 0..$a.min(n - i0) {
                                 for b in 0..$b.min(count - l0) {
-                                    let mut lanes = [0.0 as $elem; $lanes];
-                                    // SAFETY: `lanes` holds exactly one vector.
-                                    unsafe { $store(lanes.as_mut_ptr(), acc[a][b]) };
-                                    let mut sum: $elem = lanes.iter().sum();
+                                    let mut sum: $elem = $reduce(acc[a][b]);
                                     for t in k..chunk_end {
                                         // SAFETY: t < chunk_end <= dim, within the rows.
                                         sum += unsafe { *points[a].add(t) * *directions[b].add(t) };
@@ -223,6 +220,21 @@ mod x86 {
         };
     }
 
+    /// The sum of a vector's 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce_add_256_ps(v: __m256) -> f32 {
+        let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+    }
+
+    /// The sum of a vector's 4 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce_add_256_pd(v: __m256d) -> f64 {
+        let halves = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+        _mm_cvtsd_f64(_mm_add_sd(halves, _mm_unpackhi_pd(halves, halves)))
+    }
+
     tiled_kernel!(
         avx512_f32,
         "avx512f",
@@ -234,7 +246,7 @@ mod x86 {
         _mm512_setzero_ps,
         _mm512_loadu_ps,
         _mm512_fmadd_ps,
-        _mm512_storeu_ps
+        _mm512_reduce_add_ps
     );
     tiled_kernel!(
         avx512_f64,
@@ -247,7 +259,7 @@ mod x86 {
         _mm512_setzero_pd,
         _mm512_loadu_pd,
         _mm512_fmadd_pd,
-        _mm512_storeu_pd
+        _mm512_reduce_add_pd
     );
     tiled_kernel!(
         avx2_f32,
@@ -260,7 +272,7 @@ mod x86 {
         _mm256_setzero_ps,
         _mm256_loadu_ps,
         _mm256_fmadd_ps,
-        _mm256_storeu_ps
+        reduce_add_256_ps
     );
     tiled_kernel!(
         avx2_f64,
@@ -273,7 +285,7 @@ mod x86 {
         _mm256_setzero_pd,
         _mm256_loadu_pd,
         _mm256_fmadd_pd,
-        _mm256_storeu_pd
+        reduce_add_256_pd
     );
 }
 
