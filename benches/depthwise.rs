@@ -2,9 +2,9 @@
 //! largest depthwise layer of the paper's CIFAR MobileNetV2 (`features.3.conv.1`: 144 channels at
 //! 32x32, batch 128). `bench/torch_train_step.py` times the same layer in PyTorch.
 
-/// The allocator the `lacoot` binary uses (see its `main.rs`).
+/// The allocator and setting the `lacoot` binary uses (see `lacoot::memory`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
@@ -13,6 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use lacoot::device::autodiff_device;
 
 fn depthwise(c: &mut Criterion) {
+    lacoot::memory::keep_freed_memory();
     let device = autodiff_device();
     let channels = 144;
     let conv = Conv2dConfig::new([channels, channels], [3, 3])

@@ -6,9 +6,9 @@
 //! `max_sliced_wasserstein_distance` + `backward()` does in `bench/pot_mswd.py`). The sliced
 //! (mean) distance and the direction sampling alone are measured beside it for reference.
 
-/// The allocator the `lacoot` binary uses (see its `main.rs`).
+/// The allocator and setting the `lacoot` binary uses (see `lacoot::memory`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -51,6 +51,7 @@ fn touch(gradients: [Option<Tensor<2>>; 2]) {
 }
 
 fn distances(c: &mut Criterion) {
+    lacoot::memory::keep_freed_memory();
     let mut group = c.benchmark_group("sliced_w2_n128_L50");
     group.sample_size(20);
     for dim in DIMS {

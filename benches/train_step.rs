@@ -8,9 +8,9 @@
 //!   depthwise removal units;
 //! - Swin-T at full width on 32x32 RGB (the paper's CIFAR setting).
 
-/// The allocator the `lacoot` binary uses (see its `main.rs`).
+/// The allocator and setting the `lacoot` binary uses (see `lacoot::memory`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
 use burn::tensor::{Distribution, Int, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -25,6 +25,7 @@ const BATCH: usize = 128;
 
 /// Benchmarks training steps of `spec` at λ = 0 and λ = 5 in `group`.
 fn bench_spec(c: &mut Criterion, group_name: &str, spec: &ModelSpec) {
+    lacoot::memory::keep_freed_memory();
     let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
     let device = autodiff_device();

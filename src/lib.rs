@@ -17,6 +17,7 @@ pub mod collapse;
 pub mod data;
 pub mod device;
 pub mod fsutil;
+pub mod memory;
 pub mod models;
 pub mod ot;
 pub mod report;

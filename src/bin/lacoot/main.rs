@@ -10,12 +10,9 @@ mod train;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc keeps freed pages for reuse. With the system allocator every large tensor is a fresh
-/// `mmap` whose pages fault in on first touch, which cost more than the arithmetic on these machines
-/// (max-sliced forward + backward at d = 16384: 10.5 ms with the system allocator, 5.2 ms with
-/// mimalloc; see BENCHMARKS.md).
+/// mimalloc, set to keep freed memory (see [`lacoot::memory`]).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
 /// lacoot makes deep networks shallower with optimal transport (LaCoOT, Quétu et al., ICCV 2025).
 ///
@@ -45,6 +42,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    lacoot::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let outcome = match cli.command {
