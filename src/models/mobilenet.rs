@@ -554,7 +554,7 @@ mod tests {
             [[[[-1.5f32, 0.0, 1e-8, 3.25, 6.0, 7.5, 1e6]]]],
             &default_device(),
         );
-        let got = relu6(x).into_data().to_vec::<f32>().unwrap();
+        let got = relu6(x).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got, [0.0, 0.0, 1e-8, 3.25, 6.0, 6.0, 6.0]);
     }
 
