@@ -27,8 +27,12 @@ use crate::architecture::ArchitectureArgs;
 /// checkpoints/best, written atomically after every epoch. --resume continues an interrupted run with
 /// the settings recorded in its config.json.
 ///
-/// Example: lacoot train --model resnet18 --width 16 --data fashion-mnist --epochs 10 --out runs/fm
+/// Examples:
+///   lacoot train --model resnet18 --width 16 --data fashion-mnist --epochs 10 --out runs/fm
+///   lacoot train --model mobilenetv2-cifar --unit depthwise --width 16 --epochs 5 --out runs/mb
+///   lacoot train --model swin-t --width 24 --pairing mlp-branch --epochs 5 --out runs/swin
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct TrainArgs {
     /// The run folder.
     #[arg(long, value_name = "DIR")]
