@@ -307,28 +307,34 @@ impl InvertedResidual {
     ) -> (Tensor<4>, Option<(Tensor<4>, Tensor<4>)>) {
         let depthwise = self.depthwise_index();
         let mut captured = None;
-        let mut x = input.clone();
+        let shortcut = self.residual.then(|| input.clone());
+        let mut x = input;
         for (index, layer) in self.conv.iter().enumerate() {
-            if index == depthwise && skip_depthwise {
+            let at_depthwise = index == depthwise;
+            if at_depthwise && skip_depthwise {
                 continue;
             }
-            let y = match layer {
-                ResidualLayer::Activated(unit) => conv_norm_forward(unit, x.clone()),
-                ResidualLayer::Projection(conv) => conv.forward(x.clone()),
-                ResidualLayer::Norm(norm) => norm.forward(x.clone()),
+            let layer_input = (at_depthwise && capture).then(|| x.clone());
+            x = match layer {
+                ResidualLayer::Activated(unit) => conv_norm_forward(unit, x),
+                ResidualLayer::Projection(conv) => conv.forward(x),
+                ResidualLayer::Norm(norm) => norm.forward(x),
             };
-            if index == depthwise && capture {
-                captured = Some((x, y.clone()));
+            if let Some(layer_input) = layer_input {
+                captured = Some((layer_input, x.clone()));
             }
-            x = y;
         }
-        let output = if self.residual { input + x } else { x };
+        let output = match shortcut {
+            Some(shortcut) => shortcut + x,
+            None => x,
+        };
         (output, captured)
     }
 
     /// The cost of the depthwise unit and of the rest, and the output shape, for an input of
-    /// `shape`; the depthwise unit is left out when `skip_depthwise`.
-    fn costs(&self, shape: [usize; 3], skip_depthwise: bool) -> DepthwiseSplit {
+    /// `shape`. Removing a (shape-preserving) depthwise unit changes neither the rest nor the
+    /// output shape.
+    fn costs(&self, shape: [usize; 3]) -> DepthwiseSplit {
         let depthwise = self.depthwise_index();
         let mut split = DepthwiseSplit {
             depthwise: Cost::default(),
@@ -339,9 +345,6 @@ impl InvertedResidual {
         };
         let mut current = shape;
         for (index, layer) in self.conv.iter().enumerate() {
-            if index == depthwise && skip_depthwise {
-                continue;
-            }
             let (cost, out) = match layer {
                 ResidualLayer::Activated(unit) => conv_norm_cost(unit, current),
                 ResidualLayer::Projection(conv) => (
@@ -426,7 +429,7 @@ impl MobileNetV2 {
                 Feature::InvertedResidual(block) => {
                     let name = self.block_name(index, block);
                     let removed = self.removed.contains(&name);
-                    let split = block.costs(shape, false);
+                    let split = block.costs(shape);
                     let info = |input_shape, output_shape, cost: Cost| BlockInfo {
                         name: name.clone(),
                         input_shape,
@@ -437,12 +440,11 @@ impl MobileNetV2 {
                         collapsible: input_shape == output_shape,
                         removed,
                     };
+                    // Only shape-preserving blocks and units can be removed, so removal changes
+                    // neither the shapes nor, for depthwise units, the rest of the block's cost.
                     match self.unit {
                         RemovalUnit::Block => {
                             blocks.push(info(shape, split.output, split.depthwise + split.rest));
-                            if !removed {
-                                shape = split.output;
-                            }
                         }
                         RemovalUnit::Depthwise => {
                             blocks.push(info(
@@ -450,11 +452,10 @@ impl MobileNetV2 {
                                 split.depthwise_output,
                                 split.depthwise,
                             ));
-                            let actual = block.costs(shape, removed);
-                            rest = rest + actual.rest;
-                            shape = actual.output;
+                            rest = rest + split.rest;
                         }
                     }
+                    shape = split.output;
                 }
             }
         }

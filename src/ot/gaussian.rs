@@ -52,31 +52,33 @@ pub(crate) fn fill_standard_normal<R: Rng>(rng: &mut R, out: &mut [f32]) {
     }
 }
 
+/// The layer that 32 random bits choose (low 8 bits), the uniform position in `[-1, 1)` (upper
+/// 24 bits) and the candidate `x` it gives in that layer.
+#[inline(always)]
+fn candidate(tables: &Tables, word: u32) -> (usize, f32, f32) {
+    let layer = (word & 0xff) as usize;
+    let u = (word >> 8) as f32 * (2.0 / 16_777_216.0) - 1.0;
+    (layer, u, u * tables.edges[layer])
+}
+
 /// One sample from 32 random bits, drawing more from `rng` only on the slow paths.
 #[inline(always)]
 fn sample<R: Rng>(tables: &Tables, word: u32, rng: &mut R) -> f32 {
-    let layer = (word & 0xff) as usize;
-    // The upper 24 bits, uniform in [-1, 1).
-    let u = (word >> 8) as f32 * (2.0 / 16_777_216.0) - 1.0;
-    let x = u * tables.edges[layer];
+    let (layer, u, x) = candidate(tables, word);
     if x.abs() < tables.edges[layer + 1] {
         x
     } else {
-        slow_sample(tables, word, rng)
+        slow_sample(tables, (layer, u, x), rng)
     }
 }
 
-/// The rest of [`sample`] for the ~1 % of words that fall outside a layer's rectangle.
+/// The rest of [`sample`] for the ~1 % of candidates outside their layer's rectangle: the tail,
+/// the wedge test, and fresh candidates until one is accepted.
 #[cold]
 #[inline(never)]
-fn slow_sample<R: Rng>(tables: &Tables, mut word: u32, rng: &mut R) -> f32 {
+fn slow_sample<R: Rng>(tables: &Tables, rejected: (usize, f32, f32), rng: &mut R) -> f32 {
+    let (mut layer, mut u, mut x) = rejected;
     loop {
-        let layer = (word & 0xff) as usize;
-        let u = (word >> 8) as f32 * (2.0 / 16_777_216.0) - 1.0;
-        let x = u * tables.edges[layer];
-        if x.abs() < tables.edges[layer + 1] {
-            return x;
-        }
         if layer == 0 {
             return tail(rng, u < 0.0);
         }
@@ -85,7 +87,10 @@ fn slow_sample<R: Rng>(tables: &Tables, mut word: u32, rng: &mut R) -> f32 {
         if y < density(f64::from(x)) {
             return x;
         }
-        word = rng.next_u32();
+        (layer, u, x) = candidate(tables, rng.next_u32());
+        if x.abs() < tables.edges[layer + 1] {
+            return x;
+        }
     }
 }
 
