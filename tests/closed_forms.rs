@@ -42,7 +42,7 @@ fn a_translation_costs_its_projection_along_every_direction() {
         .map(|(k, v)| v + shift[k % d])
         .collect();
     let dirs = directions(d, 8, 3);
-    let rows = values(dirs.rows().clone());
+    let rows = values(dirs.rows());
     for p in [1.0, 2.0, 3.0] {
         let (sw, msw, per_direction) = distances(&cloud(&x, n, d), &cloud(&y, n, d), &dirs, p);
         let expected: Vec<f64> = rows

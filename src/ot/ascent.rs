@@ -35,7 +35,7 @@ impl Ascent {
 /// How many times a step's angle is halved before the ascent stops.
 const MAX_BACKTRACKS: usize = 12;
 
-/// Refines `start` (`[1, d]`, unit norm, with `W_p^p = start_cost`) and returns the best direction
+/// Refines `start` (`[d, 1]`, unit norm, with `W_p^p = start_cost`) and returns the best direction
 /// found and its cost. `x` and `y` carry no gradient tracking.
 pub(crate) fn refine_direction(
     x: &Tensor<2>,

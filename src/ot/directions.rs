@@ -11,13 +11,12 @@ use super::OtError;
 /// How far a user-given direction's norm may stray from 1 before it is rejected.
 const UNIT_NORM_TOLERANCE: f64 = 1e-3;
 
-/// A set of `L` unit directions in `R^d`, stored one direction per row: a `[L, d]` tensor.
-///
-/// POT stores projections one per *column* (`[d, L]`); use [`Directions::from_columns`] for that
-/// layout.
+/// A set of `L` unit directions in `R^d`, stored one direction per column: a `[d, L]` tensor, the
+/// layout POT uses and the one the projection kernels read fastest (a row of it holds the `k`-th
+/// coordinate of every direction).
 #[derive(Clone, Debug)]
 pub struct Directions {
-    rows: Tensor<2>,
+    columns: Tensor<2>,
 }
 
 impl Directions {
@@ -25,15 +24,22 @@ impl Directions {
     ///
     /// Fails if the tensor is empty or a row's Euclidean norm differs from 1 by more than 1e-3.
     pub fn from_rows(rows: Tensor<2>) -> Result<Self, OtError> {
-        let [count, dim] = rows.dims();
+        Self::from_columns(rows.transpose())
+    }
+
+    /// Wraps a `[d, L]` tensor whose columns are unit vectors (POT's `projections` layout).
+    ///
+    /// Fails if the tensor is empty or a column's Euclidean norm differs from 1 by more than 1e-3.
+    pub fn from_columns(columns: Tensor<2>) -> Result<Self, OtError> {
+        let [dim, count] = columns.dims();
         if count == 0 || dim == 0 {
             return Err(OtError::EmptyDirections { count, dim });
         }
-        let norms = rows
+        let norms = columns
             .clone()
             .inner()
             .square()
-            .sum_dim(1)
+            .sum_dim(0)
             .sqrt()
             .try_into_vec_as::<f64>()
             .map_err(|e| OtError::Backend(e.to_string()))?;
@@ -44,36 +50,37 @@ impl Directions {
         {
             return Err(OtError::NotUnitDirection { index, norm });
         }
-        Ok(Self { rows })
+        Ok(Self { columns })
     }
 
-    /// Wraps a `[d, L]` tensor whose columns are unit vectors (POT's `projections` layout).
-    pub fn from_columns(columns: Tensor<2>) -> Result<Self, OtError> {
-        Self::from_rows(columns.transpose())
+    /// The directions as a `[d, L]` tensor, one per column.
+    pub fn columns(&self) -> &Tensor<2> {
+        &self.columns
     }
 
     /// The directions as a `[L, d]` tensor, one per row.
-    pub fn rows(&self) -> &Tensor<2> {
-        &self.rows
+    pub fn rows(&self) -> Tensor<2> {
+        self.columns.clone().transpose()
     }
 
     /// The number of directions `L`.
     pub fn count(&self) -> usize {
-        self.rows.dims()[0]
+        self.columns.dims()[1]
     }
 
     /// The dimension `d` of the space the directions live in.
     pub fn dim(&self) -> usize {
-        self.rows.dims()[1]
+        self.columns.dims()[0]
     }
 
-    /// The directions moved to `device` and cast to `dtype` (a no-op when they already match).
+    /// The `[d, L]` directions moved to `device` and cast to `dtype` (a no-op when they already
+    /// match).
     pub(crate) fn to_matching(&self, device: &Device, dtype: DType) -> Tensor<2> {
-        let rows = self.rows.clone().to_device(device);
-        if rows.dtype() == dtype {
-            rows
+        let columns = self.columns.clone().to_device(device);
+        if columns.dtype() == dtype {
+            columns
         } else {
-            rows.cast(dtype)
+            columns.cast(dtype)
         }
     }
 }
@@ -82,8 +89,8 @@ impl Directions {
 ///
 /// Each call to [`DirectionSampler::sample`] returns fresh directions. The sampler owns its own
 /// generator, seeded by the user and independent of any model's random state, so the directions of a
-/// run are reproducible from the seed alone. Rows are generated in parallel, each from its own
-/// sub-stream, so the result does not depend on the number of threads.
+/// run are reproducible from the seed alone. Blocks of coordinates are generated in parallel, each
+/// from its own sub-stream, so the result does not depend on the number of threads.
 #[derive(Clone, Debug)]
 pub struct DirectionSampler {
     seed: u64,
@@ -107,8 +114,8 @@ impl DirectionSampler {
         self.draws
     }
 
-    /// Draws `count` fresh unit directions in `R^dim`, as a `[count, dim]` tensor on `device` with
-    /// element type `dtype` (`F32` or `F64`).
+    /// Draws `count` fresh unit directions in `R^dim`, stored as a `[dim, count]` tensor on `device`
+    /// with element type `dtype` (`F32` or `F64`).
     pub fn sample(
         &mut self,
         dim: usize,
@@ -122,12 +129,12 @@ impl DirectionSampler {
         let draw_seed = mix(self.seed, self.draws);
         self.draws += 1;
         let data = match dtype {
-            DType::F64 => TensorData::new(unit_rows::<f64>(draw_seed, dim, count), [count, dim]),
-            DType::F32 => TensorData::new(unit_rows::<f32>(draw_seed, dim, count), [count, dim]),
+            DType::F64 => TensorData::new(unit_columns::<f64>(draw_seed, dim, count), [dim, count]),
+            DType::F32 => TensorData::new(unit_columns::<f32>(draw_seed, dim, count), [dim, count]),
             other => return Err(OtError::UnsupportedDType(format!("{other:?}"))),
         };
         Ok(Directions {
-            rows: Tensor::from_data(data, (device, dtype)),
+            columns: Tensor::from_data(data, (device, dtype)),
         })
     }
 }
@@ -171,28 +178,52 @@ impl SampledReal for f32 {
     }
 }
 
-/// `count` rows of `dim` normalised Gaussian samples; row `l` comes from its own generator, seeded by
-/// `(draw_seed, l)`. The norm is accumulated in f64 whatever the element type.
-fn unit_rows<T: SampledReal + Default>(draw_seed: u64, dim: usize, count: usize) -> Vec<T> {
+/// Rows of the `[dim, count]` matrix drawn from one sub-stream.
+const ROWS_PER_STREAM: usize = 256;
+
+/// `count` columns of `dim` normalised Gaussian samples, row-major `[dim, count]`. Each block of
+/// [`ROWS_PER_STREAM`] rows comes from its own generator, seeded by `(draw_seed, block)`. The norms
+/// are accumulated in f64 whatever the element type.
+fn unit_columns<T: SampledReal + Default>(draw_seed: u64, dim: usize, count: usize) -> Vec<T> {
     let len = dim * count;
+    let block_len = ROWS_PER_STREAM * count;
     let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(dim)
+    let squared_norms = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(block_len)
         .enumerate()
-        .for_each_init(
-            || vec![T::default(); dim],
-            |gaussian, (row, chunk)| {
-                let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(draw_seed, row as u64));
+        .map_init(
+            || vec![T::default(); block_len],
+            |gaussian, (block, chunk)| {
+                let gaussian = &mut gaussian[..chunk.len()];
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(draw_seed, block as u64));
                 T::fill_gaussian(&mut rng, gaussian);
-                let squared_norm: f64 = gaussian.iter().map(|g| g.widen() * g.widen()).sum();
-                let scale = squared_norm.sqrt().recip();
-                for (slot, g) in chunk.iter_mut().zip(gaussian.iter()) {
-                    slot.write(g.scaled(scale));
+                let mut squares = vec![0.0f64; count];
+                for row in gaussian.chunks_exact(count) {
+                    for (sum, g) in squares.iter_mut().zip(row) {
+                        *sum += g.widen() * g.widen();
+                    }
                 }
+                for (slot, &g) in chunk.iter_mut().zip(gaussian.iter()) {
+                    slot.write(g);
+                }
+                squares
             },
-        );
-    // SAFETY: every row of `dim` elements among the first `len` was written just above.
+        )
+        .reduce_with(|mut total, part| {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+            total
+        })
+        .expect("at least one block");
+    // SAFETY: every one of the first `len` elements was written just above (the blocks cover them).
     unsafe { out.set_len(len) };
+    let scales: Vec<f64> = squared_norms.iter().map(|s| s.sqrt().recip()).collect();
+    out.par_chunks_mut(block_len).for_each(|block| {
+        for row in block.chunks_exact_mut(count) {
+            for (value, &scale) in row.iter_mut().zip(&scales) {
+                *value = value.scaled(scale);
+            }
+        }
+    });
     out
 }
 
@@ -213,7 +244,7 @@ mod tests {
     use crate::device::default_device;
 
     fn rows_of(directions: &Directions) -> Vec<f64> {
-        directions.rows().clone().try_into_vec_as::<f64>().unwrap()
+        directions.rows().try_into_vec_as::<f64>().unwrap()
     }
 
     #[test]

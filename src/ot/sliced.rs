@@ -61,8 +61,13 @@ pub fn sliced_wasserstein(
     p: f64,
 ) -> Result<SlicedDistance, OtError> {
     let coupling = validate(&x, &y, directions, p)?;
-    let rows = directions.to_matching(&x.device(), x.dtype());
-    let costs = costs_along(project(x, rows.clone()), project(y, rows), &coupling, p);
+    let columns = directions.to_matching(&x.device(), x.dtype());
+    let costs = costs_along(
+        project(x, columns.clone()),
+        project(y, columns),
+        &coupling,
+        p,
+    );
     let per_direction = host_values(costs.clone())?;
     let mean_cost = costs.mean();
     let mean_value = host_values(mean_cost.clone())?[0];
@@ -87,19 +92,19 @@ pub fn max_sliced_wasserstein(
     ascent: Option<Ascent>,
 ) -> Result<MaxSlicedDistance, OtError> {
     let coupling = validate(&x, &y, directions, p)?;
-    let rows = directions.to_matching(&x.device(), x.dtype()).inner();
+    let columns = directions.to_matching(&x.device(), x.dtype()).inner();
     let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
-    let x_projected = project(x_plain.clone(), rows.clone());
-    let y_projected = project(y_plain.clone(), rows.clone());
+    let x_projected = project(x_plain.clone(), columns.clone());
+    let y_projected = project(y_plain.clone(), columns.clone());
     let costs = costs_along(x_projected.clone(), y_projected.clone(), &coupling, p);
     let per_direction = host_values(costs)?;
     let argmax = index_of_max(&per_direction);
-    let best_row = rows.narrow(0, argmax, 1);
+    let best_column = columns.narrow(1, argmax, 1);
     let refined = match ascent {
         Some(ascent) if ascent.steps > 0 => Some(refine_direction(
             &x_plain,
             &y_plain,
-            best_row.clone(),
+            best_column.clone(),
             per_direction[argmax],
             &coupling,
             p,
@@ -116,14 +121,14 @@ pub fn max_sliced_wasserstein(
             (direction, cost, x_tracked, project(y, on_device))
         }
         None => {
-            let on_device = best_row.clone().to_device(&x.device());
+            let on_device = best_column.clone().to_device(&x.device());
             let x_tracked = project_known(x, on_device.clone(), x_projected.narrow(1, argmax, 1));
             let y_tracked = project_known(y, on_device, y_projected.narrow(1, argmax, 1));
-            (best_row, per_direction[argmax], x_tracked, y_tracked)
+            (best_column, per_direction[argmax], x_tracked, y_tracked)
         }
     };
     let tracked_cost = costs_along(x_tracked, y_tracked, &coupling, p);
-    let [_, dim] = direction.dims();
+    let [dim, _] = direction.dims();
     Ok(MaxSlicedDistance {
         value: guarded_root(tracked_cost, cost, p),
         distance: root(cost, p),

@@ -8,100 +8,27 @@
 //! time from what the processor supports, so the default build runs on any x86-64 machine; elsewhere
 //! (and on x86-64 without AVX2) a portable version runs.
 
-use rayon::prelude::*;
+use super::real::{Real, split_columns};
 
 /// Columns of `k` walked at once: an `A`-row slab of X and a `B`-row slab of R stay in L1, and the
 /// chunk of all L rows of R in L2.
 const CHUNK: usize = 1024;
 
-/// Below this many columns per thread, splitting along `k` costs more than it saves.
-const MIN_COLUMNS_PER_THREAD: usize = 2048;
-
-/// Floating-point element types the kernel runs on, with their SIMD kernels.
-pub(crate) trait Real:
-    Copy + Default + Send + Sync + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
-{
-    /// The AVX-512 kernel.
-    ///
-    /// # Safety
-    /// The processor must support AVX-512F.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self>;
-
-    /// The AVX2 + FMA kernel.
-    ///
-    /// # Safety
-    /// The processor must support AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self>;
-}
-
-/// Implements [`Real`] for an element type with its two x86-64 kernels.
-macro_rules! real_with_kernels {
-    ($elem:ty, $avx512:ident, $avx2:ident) => {
-        impl Real for $elem {
-            #[cfg(target_arch = "x86_64")]
-            unsafe fn avx512(range: Range<'_, Self>) -> Vec<Self> {
-                // SAFETY: the caller guarantees AVX-512F.
-                unsafe { x86::$avx512(range) }
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            unsafe fn avx2(range: Range<'_, Self>) -> Vec<Self> {
-                // SAFETY: the caller guarantees AVX2 and FMA.
-                unsafe { x86::$avx2(range) }
-            }
-        }
-    };
-}
-
-real_with_kernels!(f32, avx512_f32, avx2_f32);
-real_with_kernels!(f64, avx512_f64, avx2_f64);
-
-/// The partial products over one range of columns, with the best kernel for this processor.
-fn range_product<T: Real>(range: Range<'_, T>) -> Vec<T> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the processor supports AVX-512F (checked just above).
-            return unsafe { T::avx512(range) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the processor supports AVX2 and FMA (checked just above).
-            return unsafe { T::avx2(range) };
-        }
-    }
-    portable(range)
-}
-
 /// `P = X Rᵀ` for `x: [n, d]` and `rows: [count, d]`, both row-major; returns `[n, count]` row-major.
 pub(crate) fn dot_rows<T: Real>(x: &[T], rows: &[T], dim: usize) -> Vec<T> {
     assert!(dim > 0 && x.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim));
     let (n, count) = (x.len() / dim, rows.len() / dim);
-    let threads = rayon::current_num_threads()
-        .min(dim / MIN_COLUMNS_PER_THREAD)
-        .max(1);
-    let range = |t: usize| Range {
-        x,
-        rows,
-        dim,
-        start: t * dim / threads,
-        end: (t + 1) * dim / threads,
-        n,
-        count,
-    };
-    if threads == 1 {
-        return range_product(range(0));
-    }
-    (0..threads)
-        .into_par_iter()
-        .map(|t| range_product(range(t)))
-        .reduce_with(|mut total, part| {
-            total.iter_mut().zip(part).for_each(|(t, p)| *t = *t + p);
-            total
+    split_columns(dim, n * count, |start, end| {
+        T::dot(Range {
+            x,
+            rows,
+            dim,
+            start,
+            end,
+            n,
+            count,
         })
-        .expect("at least one thread")
+    })
 }
 
 /// One thread's share of the product: columns `start..end` of every row.
@@ -117,7 +44,7 @@ pub(crate) struct Range<'a, T> {
 }
 
 /// The range's products, one dot product at a time, for processors without a SIMD kernel here.
-fn portable<T: Real>(range: Range<'_, T>) -> Vec<T> {
+pub(crate) fn portable<T: Real>(range: Range<'_, T>) -> Vec<T> {
     let Range {
         x,
         rows,
@@ -142,7 +69,7 @@ fn portable<T: Real>(range: Range<'_, T>) -> Vec<T> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::{CHUNK, Range};
     use std::arch::x86_64::*;
 
@@ -154,7 +81,7 @@ mod x86 {
         ($name:ident, $features:literal, $elem:ty, $vector:ty, $lanes:literal, $a:literal, $b:literal,
          $zero:ident, $load:ident, $fma:ident, $reduce:ident) => {
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(range: Range<'_, $elem>) -> Vec<$elem> {
+            pub(crate) unsafe fn $name(range: Range<'_, $elem>) -> Vec<$elem> {
                 let Range {
                     x,
                     rows,
@@ -222,7 +149,7 @@ mod x86 {
 
     /// The sum of a vector's 8 lanes.
     #[target_feature(enable = "avx2,fma")]
-    fn reduce_add_256_ps(v: __m256) -> f32 {
+    pub(crate) fn reduce_add_256_ps(v: __m256) -> f32 {
         let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
         _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
@@ -230,7 +157,7 @@ mod x86 {
 
     /// The sum of a vector's 4 lanes.
     #[target_feature(enable = "avx2,fma")]
-    fn reduce_add_256_pd(v: __m256d) -> f64 {
+    pub(crate) fn reduce_add_256_pd(v: __m256d) -> f64 {
         let halves = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
         _mm_cvtsd_f64(_mm_add_sd(halves, _mm_unpackhi_pd(halves, halves)))
     }
@@ -391,7 +318,7 @@ mod tests {
     #[test]
     fn long_rows_are_split_across_threads_and_chunks() {
         // Spans several chunks and, with more than one thread, several ranges.
-        let (n, count, dim) = (5, 3, 3 * MIN_COLUMNS_PER_THREAD + 17);
+        let (n, count, dim) = (5, 3, crate::ot::projection::real::tests::LONG);
         let x: Vec<f64> = (0..n * dim).map(|k| ((k % 13) as f64) - 6.0).collect();
         let rows: Vec<f64> = (0..count * dim).map(|k| ((k % 7) as f64) * 0.5).collect();
         assert_eq!(dot_rows(&x, &rows, dim), naive(&x, &rows, dim));

@@ -1,11 +1,14 @@
 //! Projecting point clouds on directions: the one dense product of the distances.
 //!
-//! `project(points, rows)` computes `points · rowsᵀ` (`[n, d] × [L, d] → [n, L]`). It is a burn
-//! backend extension so that each backend can run its best kernel while autodiff stays exact:
+//! `project(points, columns)` computes `points · columns` (`[n, d] × [d, L] → [n, L]`, one direction
+//! per column). It is a burn backend extension so that each backend can run its best kernel while
+//! autodiff stays exact:
 //!
-//! - on `flex` (the CPU backend), a SIMD dot-product kernel ([`dot`]) that reads both operands along
-//!   their contiguous rows and splits the shared dimension across threads; burn's generic matmul runs
-//!   this narrow product on one thread;
+//! - on `flex` (the CPU backend), SIMD kernels that split the shared dimension across threads
+//!   (burn's generic matmul runs this narrow product on one thread): a matrix-product micro-kernel
+//!   ([`panel`]) for whole blocks of directions, and a dot-product kernel ([`dot`]) along the
+//!   contiguous rows of both operands for the few left over, or for one direction (the max-sliced
+//!   refinement), which would fill one lane in sixteen of the former;
 //! - under autodiff, a backward pass written for the shapes that occur: with one direction (the
 //!   max-sliced case) the gradient `grad ⊗ θ` is a parallel outer product, where a matmul would form
 //!   it as a slow K = 1 product; with L directions it is one `[n, L] × [L, d]` product;
@@ -13,6 +16,8 @@
 //!   winning direction's column of the untracked projections).
 
 mod dot;
+mod panel;
+mod real;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -22,20 +27,20 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Projections of point clouds on directions, implemented per backend.
 #[backend_extension(Flex, Autodiff)]
 pub trait ProjectionOps: Backend {
-    /// `points · rowsᵀ`: `points` is `[n, d]`, `rows` is `[L, d]`, the result `[n, L]`.
-    fn project_rows(points: FloatTensor<Self>, rows: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `points · columns`: `points` is `[n, d]`, `columns` is `[d, L]`, the result `[n, L]`.
+    fn project_columns(points: FloatTensor<Self>, columns: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// `points · rowsᵀ` when its value `projections` is already known: returns `projections`
-    /// without recomputing them, and back-propagates like [`ProjectionOps::project_rows`].
-    fn project_rows_known(
+    /// `points · columns` when its value `projections` is already known: returns `projections`
+    /// without recomputing them, and back-propagates like [`ProjectionOps::project_columns`].
+    fn project_columns_known(
         _points: FloatTensor<Self>,
-        _rows: FloatTensor<Self>,
+        _columns: FloatTensor<Self>,
         projections: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         projections
@@ -48,35 +53,35 @@ pub trait ProjectionOps: Backend {
     }
 }
 
-/// The projections of `points` (`[n, d]`) on each row of `rows` (`[L, d]`): `[n, L]`, differentiable
-/// with respect to both.
-pub(crate) fn project(points: Tensor<2>, rows: Tensor<2>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as ProjectionOps>::project_rows(
+/// The projections of `points` (`[n, d]`) on each column of `columns` (`[d, L]`): `[n, L]`,
+/// differentiable with respect to both.
+pub(crate) fn project(points: Tensor<2>, columns: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as ProjectionOps>::project_columns(
         points.into_dispatch(),
-        rows.into_dispatch(),
+        columns.into_dispatch(),
     ))
 }
 
-/// `points · rowsᵀ` with a known value `projections` (`[n, L]`, computed earlier without a graph):
+/// `points · columns` with a known value `projections` (`[n, L]`, computed earlier without a graph):
 /// no recomputation, the same gradients as [`project`].
 pub(crate) fn project_known(
     points: Tensor<2>,
-    rows: Tensor<2>,
+    columns: Tensor<2>,
     projections: Tensor<2>,
 ) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as ProjectionOps>::project_rows_known(
+    Tensor::from_dispatch(<Dispatch as ProjectionOps>::project_columns_known(
         points.into_dispatch(),
-        rows.into_dispatch(),
+        columns.into_dispatch(),
         projections.into_dispatch(),
     ))
 }
 
 impl ProjectionOps for Flex {
-    fn project_rows(points: FlexTensor, rows: FlexTensor) -> FlexTensor {
+    fn project_columns(points: FlexTensor, columns: FlexTensor) -> FlexTensor {
         match points.dtype() {
-            DType::F32 if rows.dtype() == DType::F32 => host_product::<f32>(&points, &rows),
-            DType::F64 if rows.dtype() == DType::F64 => host_product::<f64>(&points, &rows),
-            _ => Flex::float_matmul(points, Flex::float_transpose(rows)),
+            DType::F32 if columns.dtype() == DType::F32 => host_product::<f32>(&points, &columns),
+            DType::F64 if columns.dtype() == DType::F64 => host_product::<f64>(&points, &columns),
+            _ => Flex::float_matmul(points, columns),
         }
     }
 
@@ -121,95 +126,101 @@ where
     FlexTensor::from_data(TensorData::new(out, [weights.len(), dim]))
 }
 
-/// Runs the [`dot`] kernel on the tensors' storage (copied first only if not contiguous).
-fn host_product<T>(points: &FlexTensor, rows: &FlexTensor) -> FlexTensor
+/// Runs the [`panel`] or [`dot`] kernel on the tensors' storage (copied first only if not
+/// contiguous).
+fn host_product<T>(points: &FlexTensor, columns: &FlexTensor) -> FlexTensor
 where
-    T: dot::Real + burn::tensor::Element + bytemuck::Pod,
+    T: real::Real + burn::tensor::Element + bytemuck::Pod,
 {
     let (n, dim) = (points.shape()[0], points.shape()[1]);
-    let count = rows.shape()[0];
-    let (points, rows) = (points.to_contiguous(), rows.to_contiguous());
-    let product = dot::dot_rows(
-        points
-            .as_slice::<T>()
-            .expect("contiguous storage of the checked type"),
-        rows.as_slice::<T>()
-            .expect("contiguous storage of the checked type"),
-        dim,
-    );
+    let count = columns.shape()[1];
+    let (points, columns) = (points.to_contiguous(), columns.to_contiguous());
+    let points = points
+        .as_slice::<T>()
+        .expect("contiguous storage of the checked type");
+    let columns = columns
+        .as_slice::<T>()
+        .expect("contiguous storage of the checked type");
+    let product = if count == 1 {
+        // One column is also one row.
+        dot::dot_rows(points, columns, dim)
+    } else {
+        panel::product_columns(points, columns, dim)
+    };
     FlexTensor::from_data(TensorData::new(product, [n, count]))
 }
 
-/// The backward pass of [`ProjectionOps::project_rows`].
+/// The backward pass of [`ProjectionOps::project_columns`].
 #[derive(Debug)]
-struct ProjectRowsBackward;
+struct ProjectColumnsBackward;
 
-impl<B: Backend + ProjectionOps> Backward<B, 2> for ProjectRowsBackward {
-    /// `rows` when `points` needs a gradient, and `points` when `rows` needs one.
+impl<B: Backend + ProjectionOps> Backward<B, 2> for ProjectColumnsBackward {
+    /// `columns` when `points` needs a gradient, and `points` when `columns` needs one.
     type State = (
         Option<B::FloatTensorPrimitive>,
         Option<B::FloatTensorPrimitive>,
     );
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (rows, points) = ops.state;
+        let (columns, points) = ops.state;
         binary::<B, _, _>(
             ops.parents,
             ops.node,
             grads,
             |grad| {
-                let rows = rows.expect("rows are kept when points need a gradient");
-                if rows.shape()[0] == 1 {
-                    B::outer_product(grad, rows)
+                let columns = columns.expect("columns are kept when points need a gradient");
+                let dim = columns.shape()[0];
+                if columns.shape()[1] == 1 {
+                    B::outer_product(grad, B::float_reshape(columns, Shape::new([1, dim])))
                 } else {
-                    B::float_matmul(grad, rows)
+                    B::float_matmul(grad, B::float_transpose(columns))
                 }
             },
             |grad| {
-                let points = points.expect("points are kept when rows need a gradient");
-                B::float_matmul(B::float_transpose(grad), points)
+                let points = points.expect("points are kept when columns need a gradient");
+                B::float_matmul(B::float_transpose(points), grad)
             },
         );
     }
 }
 
 impl<B: Backend + ProjectionOps, C: CheckpointStrategy> ProjectionOps for Autodiff<B, C> {
-    fn project_rows(points: FloatTensor<Self>, rows: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (points_tracked, rows_tracked) = (points.is_tracked(), rows.is_tracked());
-        let prepared = ProjectRowsBackward
-            .prepare::<C>([points.node(), rows.node()])
+    fn project_columns(points: FloatTensor<Self>, columns: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (points_tracked, columns_tracked) = (points.is_tracked(), columns.is_tracked());
+        let prepared = ProjectColumnsBackward
+            .prepare::<C>([points.node(), columns.node()])
             .compute_bound()
             .stateful();
-        let (points, rows) = (points.into_primitive(), rows.into_primitive());
+        let (points, columns) = (points.into_primitive(), columns.into_primitive());
         match prepared {
             OpsKind::Tracked(prep) => {
                 let state = (
-                    points_tracked.then(|| rows.clone()),
-                    rows_tracked.then(|| points.clone()),
+                    points_tracked.then(|| columns.clone()),
+                    columns_tracked.then(|| points.clone()),
                 );
-                prep.finish(state, B::project_rows(points, rows))
+                prep.finish(state, B::project_columns(points, columns))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::project_rows(points, rows)),
+            OpsKind::UnTracked(prep) => prep.finish(B::project_columns(points, columns)),
         }
     }
 
-    fn project_rows_known(
+    fn project_columns_known(
         points: FloatTensor<Self>,
-        rows: FloatTensor<Self>,
+        columns: FloatTensor<Self>,
         projections: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let (points_tracked, rows_tracked) = (points.is_tracked(), rows.is_tracked());
-        let prepared = ProjectRowsBackward
-            .prepare::<C>([points.node(), rows.node()])
+        let (points_tracked, columns_tracked) = (points.is_tracked(), columns.is_tracked());
+        let prepared = ProjectColumnsBackward
+            .prepare::<C>([points.node(), columns.node()])
             .compute_bound()
             .stateful();
-        let (points, rows) = (points.into_primitive(), rows.into_primitive());
+        let (points, columns) = (points.into_primitive(), columns.into_primitive());
         let projections = projections.into_primitive();
         match prepared {
             OpsKind::Tracked(prep) => {
                 let state = (
-                    points_tracked.then_some(rows),
-                    rows_tracked.then_some(points),
+                    points_tracked.then_some(columns),
+                    columns_tracked.then_some(points),
                 );
                 prep.finish(state, projections)
             }

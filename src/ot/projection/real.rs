@@ -1,0 +1,95 @@
+//! What the projection kernels share: the element types they run on, the choice of the best kernel
+//! for the processor at run time, and the split of the shared dimension across threads.
+
+use rayon::prelude::*;
+
+use super::dot::{self, Range};
+use super::panel::{self, PanelRange};
+
+/// Below this many columns per thread, splitting along the shared dimension costs more than it saves.
+const MIN_COLUMNS_PER_THREAD: usize = 2048;
+
+/// Floating-point element types the kernels run on.
+pub(crate) trait Real:
+    Copy + Default + Send + Sync + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+    /// [`super::dot`]'s partial products over one range, with the best kernel for this processor.
+    fn dot(range: Range<'_, Self>) -> Vec<Self>;
+
+    /// [`super::panel`]'s partial products over one range, with the best kernel for this processor.
+    fn panel(range: PanelRange<'_, Self>) -> Vec<Self>;
+}
+
+/// Implements [`Real`] for an element type with its AVX-512 and AVX2 + FMA kernels on x86-64.
+macro_rules! real_with_kernels {
+    ($elem:ty, $avx512:ident, $avx2:ident) => {
+        impl Real for $elem {
+            fn dot(range: Range<'_, Self>) -> Vec<Self> {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the processor supports AVX-512F (checked just above).
+                        return unsafe { dot::x86::$avx512(range) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the processor supports AVX2 and FMA (checked just above).
+                        return unsafe { dot::x86::$avx2(range) };
+                    }
+                }
+                dot::portable(range)
+            }
+
+            fn panel(range: PanelRange<'_, Self>) -> Vec<Self> {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the processor supports AVX-512F (checked just above).
+                        return unsafe { panel::x86::$avx512(range) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the processor supports AVX2 and FMA (checked just above).
+                        return unsafe { panel::x86::$avx2(range) };
+                    }
+                }
+                panel::portable(range)
+            }
+        }
+    };
+}
+
+real_with_kernels!(f32, avx512_f32, avx2_f32);
+real_with_kernels!(f64, avx512_f64, avx2_f64);
+
+/// Runs `partial(start, end)` on one range of `0..dim` per thread (as many as the pool has, with at
+/// least [`MIN_COLUMNS_PER_THREAD`] columns each) and adds the `len`-element results.
+pub(crate) fn split_columns<T: Real>(
+    dim: usize,
+    len: usize,
+    partial: impl Fn(usize, usize) -> Vec<T> + Sync,
+) -> Vec<T> {
+    let threads = rayon::current_num_threads()
+        .min(dim / MIN_COLUMNS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return partial(0, dim);
+    }
+    (0..threads)
+        .into_par_iter()
+        .map(|t| partial(t * dim / threads, (t + 1) * dim / threads))
+        .reduce_with(|mut total, part| {
+            debug_assert_eq!(part.len(), len);
+            total.iter_mut().zip(part).for_each(|(t, p)| *t = *t + p);
+            total
+        })
+        .expect("at least one thread")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Columns that span several threads' ranges.
+    pub(crate) const LONG: usize = 3 * super::MIN_COLUMNS_PER_THREAD + 17;
+}
