@@ -1,6 +1,7 @@
 //! Sliced and max-sliced Wasserstein distances.
 
 use burn::tensor::{DType, Tensor};
+use rayon::prelude::*;
 
 use super::ascent::{Ascent, refine_direction};
 use super::coupling::QuantileCoupling;
@@ -62,15 +63,10 @@ pub fn sliced_wasserstein(
 ) -> Result<SlicedDistance, OtError> {
     let coupling = validate(&x, &y, directions, p)?;
     let columns = directions.to_matching(&x.device(), x.dtype());
-    let costs = costs_along(
-        project(x, columns.clone()),
-        project(y, columns),
-        &coupling,
-        p,
-    );
-    let per_direction = host_values(costs.clone())?;
-    let mean_cost = costs.mean();
-    let mean_value = host_values(mean_cost.clone())?[0];
+    let (x_projected, y_projected) = (project(x, columns.clone()), project(y, columns));
+    let per_direction = host_costs(x_projected.clone(), y_projected.clone(), &coupling, p)?;
+    let mean_cost = costs_along(x_projected, y_projected, &coupling, p).mean();
+    let mean_value = per_direction.iter().sum::<f64>() / per_direction.len() as f64;
     Ok(SlicedDistance {
         distance: root(mean_value, p),
         value: guarded_root(mean_cost, mean_value, p),
@@ -96,8 +92,7 @@ pub fn max_sliced_wasserstein(
     let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
     let x_projected = project(x_plain.clone(), columns.clone());
     let y_projected = project(y_plain.clone(), columns.clone());
-    let costs = costs_along(x_projected.clone(), y_projected.clone(), &coupling, p);
-    let per_direction = host_values(costs)?;
+    let per_direction = host_costs(x_projected.clone(), y_projected.clone(), &coupling, p)?;
     let argmax = index_of_max(&per_direction);
     let best_column = columns.narrow(1, argmax, 1);
     let refined = match ascent {
@@ -166,6 +161,35 @@ pub(crate) fn costs_along(
         (power(gaps, p) * masses).sum_dim(0)
     };
     cost.reshape([count])
+}
+
+/// The values of [`costs_along`], computed on the host without a graph: each direction's two
+/// columns sorted and matched in f64, the directions in parallel. Both distances report these
+/// values (so they agree exactly when given the same single direction); the graphs only carry
+/// gradients.
+fn host_costs(
+    x_projected: Tensor<2>,
+    y_projected: Tensor<2>,
+    coupling: &QuantileCoupling,
+    p: f64,
+) -> Result<Vec<f64>, OtError> {
+    let count = x_projected.dims()[1];
+    let host = |projected: Tensor<2>| {
+        projected
+            .inner()
+            .try_into_vec_as::<f64>()
+            .map_err(|e| OtError::Backend(e.to_string()))
+    };
+    let (xs, ys) = (host(x_projected)?, host(y_projected)?);
+    let sorted_column = |values: &[f64], l: usize| {
+        let mut column: Vec<f64> = values.iter().skip(l).step_by(count).copied().collect();
+        column.sort_unstable_by(f64::total_cmp);
+        column
+    };
+    Ok((0..count)
+        .into_par_iter()
+        .map(|l| coupling.cost(&sorted_column(&xs, l), &sorted_column(&ys, l), p))
+        .collect())
 }
 
 /// `|gaps|^p`, with the common orders spelled out.

@@ -86,7 +86,7 @@ pub(crate) mod x86 {
     /// Defines a `#[target_feature]` kernel with a register tile of `$mr` points × `$nv` vectors of
     /// `$lanes` directions (`$block` = `$nv · $lanes` directions), walked over the range panel by
     /// panel. Tiles at the cloud's edge (fewer than `$mr` points left) repeat the last point and
-    /// discard its results; so do groups of fewer than 4 leftover directions.
+    /// discard its results; so do the leftover directions' groups of points and directions.
     macro_rules! panel_kernel {
         ($name:ident, $features:literal, $elem:ty, $lanes:literal, $mr:literal, $nv:literal,
          $block:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident,
@@ -107,16 +107,36 @@ pub(crate) mod x86 {
                 let leftover = count - width;
                 let mut sums = vec![0.0 as $elem; n * count];
                 let step = panel_rows(count, std::mem::size_of::<$elem>());
-                // The leftover directions of the current panel, one contiguous row each.
+                // The current panel: its rows' first `width` directions packed `width` apart from
+                // a 64-byte boundary (a row of Θ is `count` apart, so its vectors would straddle
+                // cache lines), and the leftover directions as one contiguous row each.
+                let mut packed =
+                    vec![0.0 as $elem; step * width + 64 / std::mem::size_of::<$elem>()];
+                let align = packed.as_ptr().align_offset(64).min(packed.len());
+                let packed = &mut packed[align..][..step * width];
                 let mut leftover_rows = vec![0.0 as $elem; leftover * step];
+                // The leftover directions' sums, still one vector per point and direction: summed
+                // across lanes once, at the end.
+                let mut lane_sums = vec![0.0 as $elem; n * leftover * $lanes];
                 let mut first = start;
                 while first < end {
                     let len = (first + step).min(end) - first;
-                    for (j, row) in leftover_rows.chunks_exact_mut(step).enumerate() {
-                        for (k, value) in row[..len].iter_mut().enumerate() {
-                            *value = columns[(first + k) * count + width + j];
+                    for (k, row) in columns[first * count..(first + len) * count]
+                        .chunks_exact(count)
+                        .enumerate()
+                    {
+                        packed[k * width..(k + 1) * width].copy_from_slice(&row[..width]);
+                        for (j, &value) in row[width..].iter().enumerate() {
+                            leftover_rows[j * step + k] = value;
                         }
                     }
+                    // The next panel's rows are fetched into L2 while this one is computed, so
+                    // that packing it does not wait on L3.
+                    let next_bytes = ((first + len + step).min(end) - first - len)
+                        * count
+                        * std::mem::size_of::<$elem>();
+                    let next_panel = columns[(first + len) * count..].as_ptr().cast::<i8>();
+                    let mut next_line = 0;
                     let mut i0 = 0;
                     while i0 < n {
                         let points: [*const $elem; $mr] = std::array::from_fn(|a| {
@@ -124,14 +144,21 @@ pub(crate) mod x86 {
                         });
                         let tile_points = $mr.min(n - i0);
                         for block in (0..width).step_by($block) {
-                            let theta = columns[first * count + block..].as_ptr();
+                            let theta = packed[block..].as_ptr();
                             let mut acc = [[$zero(); $nv]; $mr];
                             for k in 0..len {
+                                if k % 2 == 0 && next_line < next_bytes {
+                                    // SAFETY: inside `columns` (the next panel's rows).
+                                    unsafe {
+                                        _mm_prefetch::<_MM_HINT_T1>(next_panel.add(next_line))
+                                    };
+                                    next_line += 64;
+                                }
                                 let mut row = [$zero(); $nv];
                                 for v in 0..$nv {
-                                    // SAFETY: row `first + k` < dim of Θ, directions
-                                    // `block + v·lanes ..` + lanes <= width <= count.
-                                    row[v] = unsafe { $load(theta.add(k * count + v * $lanes)) };
+                                    // SAFETY: packed row k < len <= step, directions
+                                    // `block + v·lanes ..` + lanes <= width.
+                                    row[v] = unsafe { $load(theta.add(k * width + v * $lanes)) };
                                 }
                                 for a in 0..$mr {
                                     // SAFETY: column `first + k` < `end` <= dim of a row of x.
@@ -150,35 +177,54 @@ pub(crate) mod x86 {
                                 }
                             }
                         }
-                        for j0 in (0..leftover).step_by(4) {
-                            let rows: [&[$elem]; 4] = std::array::from_fn(|b| {
-                                &leftover_rows[(j0 + b).min(leftover - 1) * step..][..len]
+                        // Leftover directions two at a time, for four points at a time.
+                        for j0 in (0..leftover).step_by(2) {
+                            let rows: [*const $elem; 2] = std::array::from_fn(|b| {
+                                leftover_rows[(j0 + b).min(leftover - 1) * step..].as_ptr()
                             });
-                            for a in 0..tile_points {
-                                // SAFETY: columns `first..first + len` of a row of x.
-                                let point = unsafe { std::slice::from_raw_parts(points[a], len) };
-                                let mut acc = [$zero(); 4];
+                            for a0 in (0..tile_points).step_by(4) {
+                                let group =
+                                    [0, 1, 2, 3].map(|a| points[(a0 + a).min(tile_points - 1)]);
+                                let mut acc = [[$zero(); 2]; 4];
                                 let whole = len - len % $lanes;
-                                for k in (0..whole).step_by($lanes) {
-                                    // SAFETY: k + lanes <= len, inside `point` and each row.
-                                    let value = unsafe { $load(point[k..].as_ptr()) };
-                                    for b in 0..4 {
-                                        let theta = unsafe { $load(rows[b][k..].as_ptr()) };
-                                        acc[b] = $fma(value, theta, acc[b]);
+                                let mut k = 0;
+                                while k < whole {
+                                    // SAFETY: k + lanes <= len: inside the panel's columns of each
+                                    // point and inside each leftover row.
+                                    let theta =
+                                        unsafe { [$load(rows[0].add(k)), $load(rows[1].add(k))] };
+                                    for a in 0..4 {
+                                        let value = unsafe { $load(group[a].add(k)) };
+                                        for b in 0..2 {
+                                            acc[a][b] = $fma(value, theta[b], acc[a][b]);
+                                        }
                                     }
+                                    k += $lanes;
                                 }
-                                for b in 0..4.min(leftover - j0) {
-                                    let mut sum: $elem = $reduce(acc[b]);
-                                    for k in whole..len {
-                                        sum += point[k] * rows[b][k];
+                                for a in 0..4.min(tile_points - a0) {
+                                    let i = i0 + a0 + a;
+                                    for b in 0..2.min(leftover - j0) {
+                                        let slot = lane_sums[(i * leftover + j0 + b) * $lanes..]
+                                            .as_mut_ptr();
+                                        // SAFETY: each (point, direction) owns `lanes` elements.
+                                        unsafe { $store(slot, $add($load(slot), acc[a][b])) };
+                                        for k in whole..len {
+                                            // SAFETY: k < len, as above.
+                                            sums[i * count + width + j0 + b] +=
+                                                unsafe { *group[a].add(k) * *rows[b].add(k) };
+                                        }
                                     }
-                                    sums[(i0 + a) * count + width + j0 + b] += sum;
                                 }
                             }
                         }
                         i0 += $mr;
                     }
                     first += len;
+                }
+                for (slot, vector) in lane_sums.chunks_exact($lanes).enumerate() {
+                    let (i, j) = (slot / leftover, slot % leftover);
+                    // SAFETY: `vector` holds `lanes` elements.
+                    sums[i * count + width + j] += $reduce(unsafe { $load(vector.as_ptr()) });
                 }
                 sums
             }
