@@ -195,6 +195,9 @@ fn open_unit<R: Rng>(rng: &mut R) -> f64 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{STEP, Tables, WideRng, candidate, slow_sample};
+
+    /// Samples per batch of steps whose rejected candidates are finished together.
+    const BATCH: usize = 64 * STEP;
     use rand::Rng;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
@@ -215,39 +218,50 @@ mod x86 {
         let one = _mm512_set1_ps(1.0);
         let layer_bits = _mm512_set1_epi32(0xff);
         let edges = tables.edges.as_ptr();
-        let mut chunks = out.chunks_exact_mut(STEP);
-        for chunk in &mut chunks {
-            let words = _mm512_add_epi64(_mm512_rol_epi64::<23>(_mm512_add_epi64(s0, s3)), s0);
-            let t = _mm512_slli_epi64::<17>(s1);
-            s2 = _mm512_xor_si512(s2, s0);
-            s3 = _mm512_xor_si512(s3, s1);
-            s1 = _mm512_xor_si512(s1, s2);
-            s0 = _mm512_xor_si512(s0, s3);
-            s2 = _mm512_xor_si512(s2, t);
-            s3 = _mm512_rol_epi64::<45>(s3);
-            let layer = _mm512_and_si512(words, layer_bits);
-            let position = _mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(words));
-            let u = _mm512_sub_ps(_mm512_mul_ps(position, scale), one);
-            // SAFETY: layers are 0..=255 and the table has 257 edges, so both gathers stay inside.
-            let (edge, next) = unsafe {
-                (
-                    _mm512_i32gather_ps::<4>(layer, edges.cast()),
-                    _mm512_i32gather_ps::<4>(layer, edges.add(1).cast()),
-                )
-            };
-            let x = _mm512_mul_ps(u, edge);
-            let inside = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), next);
-            // SAFETY: the chunk holds 16 f32 slots.
-            unsafe { _mm512_storeu_ps(chunk.as_mut_ptr().cast(), x) };
-            if inside != 0xffff {
-                let mut lanes = [0u32; STEP];
-                // SAFETY: 16 u32 = 64 bytes.
-                unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), words) };
-                for (lane, slot) in chunk.iter_mut().enumerate() {
-                    if inside & (1 << lane) == 0 {
-                        slot.write(slow_sample(tables, candidate(tables, lanes[lane]), slow));
-                    }
+        let whole = out.len() - out.len() % STEP;
+        let (steps, rest) = out.split_at_mut(whole);
+        // Rejected candidates are listed without branching (their word and their slot, compressed
+        // to the front of a vector) and finished in slot order after each batch of steps.
+        let mut rejected_words = [0u32; BATCH + STEP];
+        let mut rejected_slots = [0u32; BATCH + STEP];
+        let lane_index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for batch in steps.chunks_mut(BATCH) {
+            let mut rejected = 0;
+            for (step, chunk) in batch.chunks_exact_mut(STEP).enumerate() {
+                let words = _mm512_add_epi64(_mm512_rol_epi64::<23>(_mm512_add_epi64(s0, s3)), s0);
+                let t = _mm512_slli_epi64::<17>(s1);
+                s2 = _mm512_xor_si512(s2, s0);
+                s3 = _mm512_xor_si512(s3, s1);
+                s1 = _mm512_xor_si512(s1, s2);
+                s0 = _mm512_xor_si512(s0, s3);
+                s2 = _mm512_xor_si512(s2, t);
+                s3 = _mm512_rol_epi64::<45>(s3);
+                let layer = _mm512_and_si512(words, layer_bits);
+                let position = _mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(words));
+                let u = _mm512_sub_ps(_mm512_mul_ps(position, scale), one);
+                // SAFETY: layers are 0..=255 and the table has 257 edges: both gathers stay inside.
+                let (edge, next) = unsafe {
+                    (
+                        _mm512_i32gather_ps::<4>(layer, edges.cast()),
+                        _mm512_i32gather_ps::<4>(layer, edges.add(1).cast()),
+                    )
+                };
+                let x = _mm512_mul_ps(u, edge);
+                let outside = !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), next);
+                let slots = _mm512_add_epi32(lane_index, _mm512_set1_epi32((step * STEP) as i32));
+                // SAFETY: the chunk holds 16 f32 slots; each list has STEP slots of slack past
+                // `rejected` <= BATCH - STEP.
+                unsafe {
+                    _mm512_storeu_ps(chunk.as_mut_ptr().cast(), x);
+                    let words_at = rejected_words.as_mut_ptr().add(rejected);
+                    let slots_at = rejected_slots.as_mut_ptr().add(rejected);
+                    _mm512_storeu_si512(words_at.cast(), _mm512_maskz_compress_epi32(outside, words));
+                    _mm512_storeu_si512(slots_at.cast(), _mm512_maskz_compress_epi32(outside, slots));
                 }
+                rejected += outside.count_ones() as usize;
+            }
+            for (&word, &slot) in rejected_words[..rejected].iter().zip(&rejected_slots) {
+                batch[slot as usize].write(slow_sample(tables, candidate(tables, word), slow));
             }
         }
         let store = |row: &mut [u64; 8], value: __m512i| {
@@ -259,7 +273,7 @@ mod x86 {
         store(r1, s1);
         store(r2, s2);
         store(r3, s3);
-        super::fill_lanes(tables, wide, slow, chunks.into_remainder());
+        super::fill_lanes(tables, wide, slow, rest);
     }
 }
 

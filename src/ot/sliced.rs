@@ -94,7 +94,10 @@ pub fn max_sliced_wasserstein(
     let y_projected = project(y_plain.clone(), columns.clone());
     let per_direction = host_costs(x_projected.clone(), y_projected.clone(), &coupling, p)?;
     let argmax = index_of_max(&per_direction);
-    let best_column = columns.narrow(1, argmax, 1);
+    // Copied out of the `[d, L]` matrix once, here: every later use (the graph, both backward
+    // outer products, the returned direction) reads it contiguously.
+    let [dim, _] = columns.dims();
+    let best_column = columns.narrow(1, argmax, 1).reshape([1, dim]).reshape([dim, 1]);
     let refined = match ascent {
         Some(ascent) if ascent.steps > 0 => Some(refine_direction(
             &x_plain,
@@ -123,7 +126,6 @@ pub fn max_sliced_wasserstein(
         }
     };
     let tracked_cost = costs_along(x_tracked, y_tracked, &coupling, p);
-    let [dim, _] = direction.dims();
     Ok(MaxSlicedDistance {
         value: guarded_root(tracked_cost, cost, p),
         distance: root(cost, p),
@@ -181,10 +183,22 @@ fn host_costs(
             .map_err(|e| OtError::Backend(e.to_string()))
     };
     let (xs, ys) = (host(x_projected)?, host(y_projected)?);
+    // Sorted as integers: the bits of a float, with the magnitude bits flipped for negative
+    // values, order like the floats (IEEE 754 total order) and compare faster.
     let sorted_column = |values: &[f64], l: usize| {
-        let mut column: Vec<f64> = values.iter().skip(l).step_by(count).copied().collect();
-        column.sort_unstable_by(f64::total_cmp);
-        column
+        let mut keys: Vec<i64> = values
+            .iter()
+            .skip(l)
+            .step_by(count)
+            .map(|v| {
+                let bits = v.to_bits() as i64;
+                bits ^ (((bits >> 63) as u64) >> 1) as i64
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .map(|key| f64::from_bits((key ^ (((key >> 63) as u64) >> 1) as i64) as u64))
+            .collect::<Vec<f64>>()
     };
     Ok((0..count)
         .into_par_iter()
