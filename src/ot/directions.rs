@@ -15,9 +15,13 @@ const UNIT_NORM_TOLERANCE: f64 = 1e-3;
 /// A set of `L` unit directions in `R^d`, stored one direction per column: a `[d, L]` tensor, the
 /// layout POT uses and the one the projection kernels read fastest (a row of it holds the `k`-th
 /// coordinate of every direction).
+///
+/// Sampled directions are stored as drawn, with the factor that makes each one a unit vector: the
+/// distances apply it to the `[n, L]` projections instead of to the `[d, L]` matrix.
 #[derive(Clone, Debug)]
 pub struct Directions {
     columns: Tensor<2>,
+    scales: Option<Vec<f64>>,
 }
 
 impl Directions {
@@ -51,17 +55,28 @@ impl Directions {
         {
             return Err(OtError::NotUnitDirection { index, norm });
         }
-        Ok(Self { columns })
+        Ok(Self {
+            columns,
+            scales: None,
+        })
     }
 
-    /// The directions as a `[d, L]` tensor, one per column.
-    pub fn columns(&self) -> &Tensor<2> {
-        &self.columns
+    /// The unit directions as a `[d, L]` tensor, one per column.
+    pub fn columns(&self) -> Tensor<2> {
+        let columns = self.columns.clone();
+        match &self.scales {
+            None => columns,
+            Some(scales) => {
+                let row =
+                    Tensor::<1>::from_data(scales.as_slice(), (&columns.device(), columns.dtype()));
+                columns * row.reshape([1, scales.len()])
+            }
+        }
     }
 
-    /// The directions as a `[L, d]` tensor, one per row.
+    /// The unit directions as a `[L, d]` tensor, one per row.
     pub fn rows(&self) -> Tensor<2> {
-        self.columns.clone().transpose()
+        self.columns().transpose()
     }
 
     /// The number of directions `L`.
@@ -74,8 +89,13 @@ impl Directions {
         self.columns.dims()[0]
     }
 
-    /// The `[d, L]` directions moved to `device` and cast to `dtype` (a no-op when they already
-    /// match).
+    /// What each stored column is multiplied by to have unit norm (`None`: they have it already).
+    pub(crate) fn scales(&self) -> Option<&[f64]> {
+        self.scales.as_deref()
+    }
+
+    /// The stored `[d, L]` columns (see [`Directions::scales`]) moved to `device` and cast to
+    /// `dtype` (a no-op when they already match).
     pub(crate) fn to_matching(&self, device: &Device, dtype: DType) -> Tensor<2> {
         let columns = self.columns.clone().to_device(device);
         if columns.dtype() == dtype {
@@ -129,13 +149,14 @@ impl DirectionSampler {
         }
         let draw_seed = mix(self.seed, self.draws);
         self.draws += 1;
-        let data = match dtype {
-            DType::F64 => TensorData::new(unit_columns::<f64>(draw_seed, dim, count), [dim, count]),
-            DType::F32 => TensorData::new(unit_columns::<f32>(draw_seed, dim, count), [dim, count]),
+        let (data, scales) = match dtype {
+            DType::F64 => gaussian_columns::<f64>(draw_seed, dim, count),
+            DType::F32 => gaussian_columns::<f32>(draw_seed, dim, count),
             other => return Err(OtError::UnsupportedDType(format!("{other:?}"))),
         };
         Ok(Directions {
             columns: Tensor::from_data(data, (device, dtype)),
+            scales: Some(scales),
         })
     }
 }
@@ -144,10 +165,8 @@ impl DirectionSampler {
 trait SampledReal: Copy + Send + Sync {
     /// Fills `out` with standard normal samples, a function of `seed` alone.
     fn fill_gaussian(seed: u64, out: &mut [MaybeUninit<Self>]);
-    /// Adds the squares of each column of the row-major `[_, count]` block to `sums` (f64).
-    fn add_column_squares(block: &[Self], count: usize, sums: &mut [f64]);
-    /// Multiplies each column of the row-major `[_, count]` block by its scale.
-    fn scale_columns(block: &mut [Self], scales: &[f64]);
+    /// Adds the squares of each column of the row-major `[_, sums.len()]` block to `sums` (f64).
+    fn add_column_squares(block: &[Self], sums: &mut [f64]);
 }
 
 impl SampledReal for f64 {
@@ -158,18 +177,10 @@ impl SampledReal for f64 {
         }
     }
 
-    fn add_column_squares(block: &[f64], count: usize, sums: &mut [f64]) {
-        for row in block.chunks_exact(count) {
+    fn add_column_squares(block: &[f64], sums: &mut [f64]) {
+        for row in block.chunks_exact(sums.len()) {
             for (sum, g) in sums.iter_mut().zip(row) {
                 *sum += g * g;
-            }
-        }
-    }
-
-    fn scale_columns(block: &mut [f64], scales: &[f64]) {
-        for row in block.chunks_exact_mut(scales.len()) {
-            for (value, scale) in row.iter_mut().zip(scales) {
-                *value *= scale;
             }
         }
     }
@@ -182,11 +193,11 @@ impl SampledReal for f32 {
 
     /// Sums 16 rows at a time in f32 (vector arithmetic; relative error below 1e-6), each partial
     /// sum then added in f64.
-    fn add_column_squares(block: &[f32], count: usize, sums: &mut [f64]) {
-        let mut partial = vec![0.0f32; count];
-        for rows in block.chunks(16 * count) {
+    fn add_column_squares(block: &[f32], sums: &mut [f64]) {
+        let mut partial = vec![0.0f32; sums.len()];
+        for rows in block.chunks(16 * sums.len()) {
             partial.fill(0.0);
-            for row in rows.chunks_exact(count) {
+            for row in rows.chunks_exact(sums.len()) {
                 for (p, g) in partial.iter_mut().zip(row) {
                     *p += g * g;
                 }
@@ -196,24 +207,19 @@ impl SampledReal for f32 {
             }
         }
     }
-
-    fn scale_columns(block: &mut [f32], scales: &[f64]) {
-        let scales: Vec<f32> = scales.iter().map(|&s| s as f32).collect();
-        for row in block.chunks_exact_mut(scales.len()) {
-            for (value, scale) in row.iter_mut().zip(&scales) {
-                *value *= scale;
-            }
-        }
-    }
 }
 
 /// Rows of the `[dim, count]` matrix drawn from one sub-stream.
 const ROWS_PER_STREAM: usize = 256;
 
-/// `count` columns of `dim` normalised Gaussian samples, row-major `[dim, count]`. Each block of
-/// [`ROWS_PER_STREAM`] rows comes from its own generator, seeded by `(draw_seed, block)`. The norms
-/// are accumulated in f64 whatever the element type.
-fn unit_columns<T: SampledReal>(draw_seed: u64, dim: usize, count: usize) -> Vec<T> {
+/// `count` columns of `dim` standard Gaussian samples, row-major `[dim, count]`, and the inverse of
+/// each column's norm. Each block of [`ROWS_PER_STREAM`] rows comes from its own generator, seeded
+/// by `(draw_seed, block)`. The norms are accumulated in f64 whatever the element type.
+fn gaussian_columns<T: SampledReal + burn::tensor::Element>(
+    draw_seed: u64,
+    dim: usize,
+    count: usize,
+) -> (TensorData, Vec<f64>) {
     let len = dim * count;
     let block_len = ROWS_PER_STREAM * count;
     let mut out = Vec::with_capacity(len);
@@ -225,7 +231,7 @@ fn unit_columns<T: SampledReal>(draw_seed: u64, dim: usize, count: usize) -> Vec
             // SAFETY: `fill_gaussian` wrote every element of the chunk.
             let gaussian = unsafe { &*(chunk as *const [MaybeUninit<T>] as *const [T]) };
             let mut squares = vec![0.0f64; count];
-            T::add_column_squares(gaussian, count, &mut squares);
+            T::add_column_squares(gaussian, &mut squares);
             squares
         })
         .reduce_with(|mut total, part| {
@@ -235,10 +241,8 @@ fn unit_columns<T: SampledReal>(draw_seed: u64, dim: usize, count: usize) -> Vec
         .expect("at least one block");
     // SAFETY: every one of the first `len` elements was written just above (the blocks cover them).
     unsafe { out.set_len(len) };
-    let scales: Vec<f64> = squared_norms.iter().map(|s| s.sqrt().recip()).collect();
-    out.par_chunks_mut(block_len)
-        .for_each(|block| T::scale_columns(block, &scales));
-    out
+    let scales = squared_norms.iter().map(|s| s.sqrt().recip()).collect();
+    (TensorData::new(out, [dim, count]), scales)
 }
 
 /// Combines two words into a well-mixed seed (SplitMix64's finaliser), so that nearby inputs give

@@ -255,8 +255,14 @@ mod x86 {
                     _mm512_storeu_ps(chunk.as_mut_ptr().cast(), x);
                     let words_at = rejected_words.as_mut_ptr().add(rejected);
                     let slots_at = rejected_slots.as_mut_ptr().add(rejected);
-                    _mm512_storeu_si512(words_at.cast(), _mm512_maskz_compress_epi32(outside, words));
-                    _mm512_storeu_si512(slots_at.cast(), _mm512_maskz_compress_epi32(outside, slots));
+                    _mm512_storeu_si512(
+                        words_at.cast(),
+                        _mm512_maskz_compress_epi32(outside, words),
+                    );
+                    _mm512_storeu_si512(
+                        slots_at.cast(),
+                        _mm512_maskz_compress_epi32(outside, slots),
+                    );
                 }
                 rejected += outside.count_ones() as usize;
             }

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::ascent::{Ascent, refine_direction};
 use super::coupling::QuantileCoupling;
-use super::projection::{project, project_known};
+use super::projection::{copy_column, project, project_known};
 use super::{Directions, OtError};
 
 /// Below this value of `W_p^p`, the root's slope is held at its value here instead of growing without
@@ -63,7 +63,11 @@ pub fn sliced_wasserstein(
 ) -> Result<SlicedDistance, OtError> {
     let coupling = validate(&x, &y, directions, p)?;
     let columns = directions.to_matching(&x.device(), x.dtype());
-    let (x_projected, y_projected) = (project(x, columns.clone()), project(y, columns));
+    let scales = directions.scales();
+    let (x_projected, y_projected) = (
+        project_on(x, columns.clone(), scales),
+        project_on(y, columns, scales),
+    );
     let per_direction = host_costs(x_projected.clone(), y_projected.clone(), &coupling, p)?;
     let mean_cost = costs_along(x_projected, y_projected, &coupling, p).mean();
     let mean_value = per_direction.iter().sum::<f64>() / per_direction.len() as f64;
@@ -90,14 +94,17 @@ pub fn max_sliced_wasserstein(
     let coupling = validate(&x, &y, directions, p)?;
     let columns = directions.to_matching(&x.device(), x.dtype()).inner();
     let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
-    let x_projected = project(x_plain.clone(), columns.clone());
-    let y_projected = project(y_plain.clone(), columns.clone());
+    let scales = directions.scales();
+    let x_projected = project_on(x_plain.clone(), columns.clone(), scales);
+    let y_projected = project_on(y_plain.clone(), columns.clone(), scales);
     let per_direction = host_costs(x_projected.clone(), y_projected.clone(), &coupling, p)?;
     let argmax = index_of_max(&per_direction);
     // Copied out of the `[d, L]` matrix once, here: every later use (the graph, both backward
     // outer products, the returned direction) reads it contiguously.
-    let [dim, _] = columns.dims();
-    let best_column = columns.narrow(1, argmax, 1).reshape([1, dim]).reshape([dim, 1]);
+    let best_column = match scales {
+        None => copy_column(columns, argmax),
+        Some(scales) => copy_column(columns, argmax).mul_scalar(scales[argmax]),
+    };
     let refined = match ascent {
         Some(ascent) if ascent.steps > 0 => Some(refine_direction(
             &x_plain,
@@ -126,6 +133,7 @@ pub fn max_sliced_wasserstein(
         }
     };
     let tracked_cost = costs_along(x_tracked, y_tracked, &coupling, p);
+    let [dim, _] = direction.dims();
     Ok(MaxSlicedDistance {
         value: guarded_root(tracked_cost, cost, p),
         distance: root(cost, p),
@@ -163,6 +171,19 @@ pub(crate) fn costs_along(
         (power(gaps, p) * masses).sum_dim(0)
     };
     cost.reshape([count])
+}
+
+/// `points · columns`, each column of the result multiplied by its entry of `scales` (the factors
+/// that make the stored directions unit vectors).
+fn project_on(points: Tensor<2>, columns: Tensor<2>, scales: Option<&[f64]>) -> Tensor<2> {
+    let projected = project(points, columns);
+    match scales {
+        None => projected,
+        Some(scales) => {
+            let row = Tensor::<1>::from_data(scales, (&projected.device(), projected.dtype()));
+            projected * row.reshape([1, scales.len()])
+        }
+    }
 }
 
 /// The values of [`costs_along`], computed on the host without a graph: each direction's two

@@ -27,7 +27,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Slice, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Projections of point clouds on directions, implemented per backend.
@@ -51,6 +51,29 @@ pub trait ProjectionOps: Backend {
     fn outer_product(column: FloatTensor<Self>, row: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_mul(column, row)
     }
+
+    /// Column `index` of `columns` (`[d, L]`), copied out as a contiguous `[d, 1]`.
+    fn copy_column(columns: FloatTensor<Self>, index: usize) -> FloatTensor<Self> {
+        let dim = columns.shape()[0];
+        let slices = [
+            Slice::new(0, None, 1),
+            Slice::new(index as isize, Some(index as isize + 1), 1),
+        ];
+        let column = Self::float_slice(columns, &slices);
+        Self::float_reshape(
+            Self::float_reshape(column, Shape::new([1, dim])),
+            Shape::new([dim, 1]),
+        )
+    }
+}
+
+/// Column `index` of `columns` (`[d, L]`) as a contiguous `[d, 1]` tensor: gathered in parallel,
+/// since each of its values lies on a different cache line of the matrix.
+pub(crate) fn copy_column(columns: Tensor<2>, index: usize) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as ProjectionOps>::copy_column(
+        columns.into_dispatch(),
+        index,
+    ))
 }
 
 /// The projections of `points` (`[n, d]`) on each column of `columns` (`[d, L]`): `[n, L]`,
@@ -82,6 +105,24 @@ impl ProjectionOps for Flex {
             DType::F32 if columns.dtype() == DType::F32 => host_product::<f32>(&points, &columns),
             DType::F64 if columns.dtype() == DType::F64 => host_product::<f64>(&points, &columns),
             _ => Flex::float_matmul(points, columns),
+        }
+    }
+
+    fn copy_column(columns: FlexTensor, index: usize) -> FlexTensor {
+        match columns.dtype() {
+            DType::F32 => host_column::<f32>(&columns, index),
+            DType::F64 => host_column::<f64>(&columns, index),
+            _ => {
+                let slices = [
+                    Slice::new(0, None, 1),
+                    Slice::new(index as isize, Some(index as isize + 1), 1),
+                ];
+                let dim = columns.shape()[0];
+                Flex::float_reshape(
+                    Flex::float_slice(columns, &slices).to_contiguous(),
+                    Shape::new([dim, 1]),
+                )
+            }
         }
     }
 
@@ -124,6 +165,31 @@ where
     // per weight).
     unsafe { out.set_len(len) };
     FlexTensor::from_data(TensorData::new(out, [weights.len(), dim]))
+}
+
+/// Column `index` of a `[d, L]` matrix, gathered by the pool's threads in contiguous pieces.
+fn host_column<T>(columns: &FlexTensor, index: usize) -> FlexTensor
+where
+    T: burn::tensor::Element + bytemuck::Pod + Send + Sync,
+{
+    let (dim, count) = (columns.shape()[0], columns.shape()[1]);
+    let columns = columns.to_contiguous();
+    let values = columns
+        .as_slice::<T>()
+        .expect("contiguous storage of the checked type");
+    let mut column = Vec::with_capacity(dim);
+    column.spare_capacity_mut()[..dim]
+        .par_chunks_mut(dim.div_ceil(rayon::current_num_threads()))
+        .enumerate()
+        .for_each(|(piece, out)| {
+            let first = piece * dim.div_ceil(rayon::current_num_threads());
+            for (k, slot) in out.iter_mut().enumerate() {
+                slot.write(values[(first + k) * count + index]);
+            }
+        });
+    // SAFETY: the pieces cover the first `dim` elements, each written once just above.
+    unsafe { column.set_len(dim) };
+    FlexTensor::from_data(TensorData::new(column, [dim, 1]))
 }
 
 /// Runs the [`panel`] or [`dot`] kernel on the tensors' storage (copied first only if not

@@ -413,20 +413,3 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
-mod timing_tmp {
-    #[test]
-    #[ignore]
-    fn time_kernels() {
-        let arg = |k: &str, v: usize| std::env::var(k).map(|s| s.parse().unwrap()).unwrap_or(v);
-        let (n, l, d) = (arg("TN", 128), arg("TL", 50), arg("TD", 16384));
-        let x: Vec<f32> = (0..n * d).map(|k| ((k % 17) as f32) * 0.01).collect();
-        let c: Vec<f32> = (0..d * l).map(|k| ((k % 13) as f32) * 0.01).collect();
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            for _ in 0..(50 * 128 * 16384 / (n * d)) { std::hint::black_box(super::product_columns(&x, &c, d)); }
-            let a = t.elapsed().as_secs_f64() / (50 * 128 * 16384 / (n * d)) as f64;
-            println!("panel {:.3} ms ({:.1} GMAC/s)", a * 1e3, (n * l * d) as f64 / a / 1e9);
-        }
-    }
-}
