@@ -21,6 +21,9 @@ use rand::{Rng, RngExt, SeedableRng};
 const LAYERS: usize = 256;
 /// Where the tail starts: the base layer's right edge.
 const TAIL_START: f64 = 3.654_152_885_361_009;
+/// How far (as a fraction of a wedge) a point must be from the chord for the squeeze in
+/// [`slow_sample`] to decide it: far above the rounding of the f32 arithmetic involved.
+const SQUEEZE_MARGIN: f32 = 1e-4;
 /// Area of each layer (and of the base layer with its tail).
 const LAYER_AREA: f64 = 0.004_928_673_233_99;
 
@@ -162,10 +165,23 @@ fn slow_sample<R: Rng>(tables: &Tables, rejected: (usize, f32, f32), rng: &mut R
         if layer == 0 {
             return tail(rng, u < 0.0);
         }
-        // The wedge test, in f32 like the samples (the densities are stored in f32 too).
+        // The wedge test, in f32 like the samples (the densities are stored in f32 too): a point
+        // `y` uniform between the densities at the layer's edges is kept if under the density.
+        // Squeeze: where |x| < 1 the density is concave, so above the chord joining the layer's
+        // corners, and beyond 1 it is convex, so below it; a point clearly on the right side of
+        // the chord is decided without `exp` (most are).
+        let (outer, inner) = (tables.edges[layer], tables.edges[layer + 1]);
         let (low, high) = (tables.densities[layer], tables.densities[layer + 1]);
-        let y = low + (high - low) * rng.random::<f32>();
-        if y < (-0.5 * x * x).exp() {
+        let v = rng.random::<f32>();
+        let along_chord = (outer - x.abs()) / (outer - inner);
+        let under = if outer <= 1.0 && v < along_chord - SQUEEZE_MARGIN {
+            true
+        } else if inner >= 1.0 && v > along_chord + SQUEEZE_MARGIN {
+            false
+        } else {
+            low + (high - low) * v < (-0.5 * x * x).exp()
+        };
+        if under {
             return x;
         }
         (layer, u, x) = candidate(tables, rng.next_u32());
