@@ -268,13 +268,14 @@ mod tests {
     #[test]
     fn sampled_rows_are_unit_vectors() {
         let mut sampler = DirectionSampler::new(7);
-        let dirs = sampler
-            .sample(33, 12, &default_device(), DType::F64)
-            .unwrap();
-        assert_eq!((dirs.count(), dirs.dim()), (12, 33));
-        for row in rows_of(&dirs).chunks(33) {
-            let norm: f64 = row.iter().map(|v| v * v).sum::<f64>().sqrt();
-            assert!((norm - 1.0).abs() < 1e-12, "norm {norm}");
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            // 600 rows: three sub-streams, the last one partial.
+            let dirs = sampler.sample(600, 12, &default_device(), dtype).unwrap();
+            assert_eq!((dirs.count(), dirs.dim()), (12, 600));
+            for row in rows_of(&dirs).chunks(600) {
+                let norm: f64 = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+                assert!((norm - 1.0).abs() < tolerance, "{dtype:?} norm {norm}");
+            }
         }
     }
 
@@ -295,6 +296,26 @@ mod tests {
                 .unwrap(),
         );
         assert_ne!(a1, other);
+    }
+
+    #[test]
+    fn the_draw_does_not_depend_on_the_thread_count() {
+        // Several 256-row blocks, a partial last one, and an L that leaves a partial SIMD step.
+        let draw = |threads: usize, dtype: DType| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let dirs = DirectionSampler::new(5)
+                    .sample(1000, 7, &default_device(), dtype)
+                    .unwrap();
+                rows_of(&dirs)
+            })
+        };
+        for dtype in [DType::F32, DType::F64] {
+            assert_eq!(draw(1, dtype), draw(3, dtype), "{dtype:?}");
+        }
     }
 
     #[test]
