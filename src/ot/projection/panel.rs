@@ -86,7 +86,7 @@ pub(crate) mod x86 {
     /// Defines a `#[target_feature]` kernel with a register tile of `$mr` points × `$nv` vectors of
     /// `$lanes` directions (`$block` = `$nv · $lanes` directions), walked over the range panel by
     /// panel. Tiles at the cloud's edge (fewer than `$mr` points left) repeat the last point and
-    /// discard its results; so do the leftover directions' groups of points and directions.
+    /// discard its results; so does the leftover directions' pair when only one is left.
     macro_rules! panel_kernel {
         ($name:ident, $features:literal, $elem:ty, $lanes:literal, $mr:literal, $nv:literal,
          $block:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident,
@@ -186,42 +186,38 @@ pub(crate) mod x86 {
                                 }
                             }
                         }
-                        // Leftover directions two at a time, for four points at a time.
+                        // Leftover directions two at a time, for the tile's points at once.
                         for j0 in (0..leftover).step_by(2) {
                             let rows: [*const $elem; 2] = std::array::from_fn(|b| {
                                 leftover_rows[(j0 + b).min(leftover - 1) * step..].as_ptr()
                             });
-                            for a0 in (0..tile_points).step_by(4) {
-                                let group =
-                                    [0, 1, 2, 3].map(|a| points[(a0 + a).min(tile_points - 1)]);
-                                let mut acc = [[$zero(); 2]; 4];
-                                let whole = len - len % $lanes;
-                                let mut k = 0;
-                                while k < whole {
-                                    // SAFETY: k + lanes <= len: inside the panel's columns of each
-                                    // point and inside each leftover row.
-                                    let theta =
-                                        unsafe { [$load(rows[0].add(k)), $load(rows[1].add(k))] };
-                                    for a in 0..4 {
-                                        let value = unsafe { $load(group[a].add(k)) };
-                                        for b in 0..2 {
-                                            acc[a][b] = $fma(value, theta[b], acc[a][b]);
-                                        }
+                            let mut acc = [[$zero(); 2]; $mr];
+                            let whole = len - len % $lanes;
+                            let mut k = 0;
+                            while k < whole {
+                                // SAFETY: k + lanes <= len: inside the panel's columns of each
+                                // point and inside each leftover row.
+                                let theta =
+                                    unsafe { [$load(rows[0].add(k)), $load(rows[1].add(k))] };
+                                for a in 0..$mr {
+                                    let value = unsafe { $load(points[a].add(k)) };
+                                    for b in 0..2 {
+                                        acc[a][b] = $fma(value, theta[b], acc[a][b]);
                                     }
-                                    k += $lanes;
                                 }
-                                for a in 0..4.min(tile_points - a0) {
-                                    let i = i0 + a0 + a;
-                                    for b in 0..2.min(leftover - j0) {
-                                        let slot = lane_sums[(i * leftover + j0 + b) * $lanes..]
-                                            .as_mut_ptr();
-                                        // SAFETY: each (point, direction) owns `lanes` elements.
-                                        unsafe { $store(slot, $add($load(slot), acc[a][b])) };
-                                        for k in whole..len {
-                                            // SAFETY: k < len, as above.
-                                            sums[i * count + width + j0 + b] +=
-                                                unsafe { *group[a].add(k) * *rows[b].add(k) };
-                                        }
+                                k += $lanes;
+                            }
+                            for a in 0..tile_points {
+                                let i = i0 + a;
+                                for b in 0..2.min(leftover - j0) {
+                                    let slot =
+                                        lane_sums[(i * leftover + j0 + b) * $lanes..].as_mut_ptr();
+                                    // SAFETY: each (point, direction) owns `lanes` elements.
+                                    unsafe { $store(slot, $add($load(slot), acc[a][b])) };
+                                    for k in whole..len {
+                                        // SAFETY: k < len, as above.
+                                        sums[i * count + width + j0 + b] +=
+                                            unsafe { *points[a].add(k) * *rows[b].add(k) };
                                     }
                                 }
                             }
