@@ -293,3 +293,18 @@ fn bad_inputs_get_one_clear_line_naming_the_file() {
         }
     }
 }
+
+#[test]
+fn the_readme_example_clouds_run() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clouds");
+    let (x, y) = (dir.join("block_input.npy"), dir.join("block_output.npy"));
+    let report = json_of(&["--x", path_str(&x), "--y", path_str(&y), "--optimise", "20"]);
+    let per_direction = report["per_direction"].as_array().unwrap();
+    assert_eq!(per_direction.len(), 50);
+    let sliced = report["sliced_w2"].as_f64().unwrap();
+    let random = report["random_max_sliced_w2"].as_f64().unwrap();
+    let refined = report["max_sliced_w2"].as_f64().unwrap();
+    assert!(0.0 < sliced && sliced <= random, "{sliced} {random}");
+    // The README's point: in high dimension the ascent finds far more than the random maximum.
+    assert!(refined > 2.0 * random, "{refined} against {random}");
+}

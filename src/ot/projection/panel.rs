@@ -304,7 +304,7 @@ pub(crate) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ot::projection::real::tests::LONG;
+    use crate::ot::projection::real::tests::{LONG, every_kernel};
     use proptest::prelude::*;
 
     /// `x · columns` one product at a time, in f64.
@@ -378,30 +378,7 @@ mod tests {
                 start: 0,
                 end: dim,
             };
-            let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
-            let mut results = vec![
-                ("portable f64", portable(range64)),
-                ("portable f32", widen(portable(range32))),
-            ];
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: AVX2 and FMA are present (checked just above).
-                    unsafe {
-                        results.push(("avx2 f64", x86::avx2_f64(range64)));
-                        results.push(("avx2 f32", widen(x86::avx2_f32(range32))));
-                    }
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: AVX-512F is present (checked just above).
-                    unsafe {
-                        results.push(("avx512 f64", x86::avx512_f64(range64)));
-                        results.push(("avx512 f32", widen(x86::avx512_f32(range32))));
-                    }
-                }
-            }
+            let results = every_kernel!(range64, range32);
             for (kernel, got) in results {
                 assert_eq!(got, expected, "{kernel}, n = {n}, L = {count}");
             }

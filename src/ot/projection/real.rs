@@ -92,4 +92,38 @@ pub(crate) fn split_columns<T: Real>(
 pub(crate) mod tests {
     /// Columns that span several threads' ranges.
     pub(crate) const LONG: usize = 3 * super::MIN_COLUMNS_PER_THREAD + 17;
+
+    /// The results of every kernel this processor can run (`portable` and `x86::…` of the calling
+    /// module) on an f64 and an f32 range, widened to f64, each with the kernel's name.
+    macro_rules! every_kernel {
+        ($range64:expr, $range32:expr) => {{
+            let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+            #[allow(unused_mut)]
+            let mut results = vec![
+                ("portable f64", portable($range64)),
+                ("portable f32", widen(portable($range32))),
+            ];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: AVX2 and FMA are present (checked just above).
+                    unsafe {
+                        results.push(("avx2 f64", x86::avx2_f64($range64)));
+                        results.push(("avx2 f32", widen(x86::avx2_f32($range32))));
+                    }
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F is present (checked just above).
+                    unsafe {
+                        results.push(("avx512 f64", x86::avx512_f64($range64)));
+                        results.push(("avx512 f32", widen(x86::avx512_f32($range32))));
+                    }
+                }
+            }
+            results
+        }};
+    }
+    pub(crate) use every_kernel;
 }
