@@ -204,27 +204,24 @@ fn host_costs(
             .map_err(|e| OtError::Backend(e.to_string()))
     };
     let (xs, ys) = (host(x_projected)?, host(y_projected)?);
-    // Sorted as integers: the bits of a float, with the magnitude bits flipped for negative
-    // values, order like the floats (IEEE 754 total order) and compare faster.
-    let sorted_column = |values: &[f64], l: usize| {
-        let mut keys: Vec<i64> = values
-            .iter()
-            .skip(l)
-            .step_by(count)
-            .map(|v| {
-                let bits = v.to_bits() as i64;
-                bits ^ (((bits >> 63) as u64) >> 1) as i64
-            })
-            .collect();
-        keys.sort_unstable();
-        keys.into_iter()
-            .map(|key| f64::from_bits((key ^ (((key >> 63) as u64) >> 1) as i64) as u64))
-            .collect::<Vec<f64>>()
-    };
+    let sorted_column =
+        |values: &[f64], l: usize| sorted_ascending(values.iter().skip(l).step_by(count).copied());
     Ok((0..count)
         .into_par_iter()
         .map(|l| coupling.cost(&sorted_column(&xs, l), &sorted_column(&ys, l), p))
         .collect())
+}
+
+/// The values in ascending order (IEEE 754 total order, as `f64::total_cmp`), sorted as integer keys:
+/// a float's bits, with the magnitude bits flipped for negative values, order like the float, and
+/// integers compare faster.
+fn sorted_ascending(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let flip = |bits: i64| bits ^ (((bits >> 63) as u64) >> 1) as i64;
+    let mut keys: Vec<i64> = values.map(|v| flip(v.to_bits() as i64)).collect();
+    keys.sort_unstable();
+    keys.into_iter()
+        .map(|key| f64::from_bits(flip(key) as u64))
+        .collect()
 }
 
 /// `|gaps|^p`, with the common orders spelled out.
@@ -308,4 +305,34 @@ fn validate(
         });
     }
     Ok(QuantileCoupling::new(n, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn integer_keys_sort_like_total_cmp(values in proptest::collection::vec(any::<f64>(), 0..200)) {
+            let mut expected = values.clone();
+            expected.sort_by(f64::total_cmp);
+            let got = sorted_ascending(values.into_iter());
+            prop_assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn signed_zeros_and_extremes_keep_their_order() {
+        let got = sorted_ascending([0.0, -0.0, 1.5, -1.5, f64::MAX, f64::MIN, -1e-300].into_iter());
+        let bits: Vec<u64> = got.iter().map(|v| v.to_bits()).collect();
+        let expected: Vec<u64> = [f64::MIN, -1.5, -1e-300, -0.0, 0.0, 1.5, f64::MAX]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(bits, expected);
+    }
 }

@@ -157,10 +157,7 @@ pub(crate) mod x86 {
                                     );
                                 }
                                 if k % 2 == 0 && next_line < next_bytes {
-                                    // SAFETY: inside `columns` (the next panel's rows).
-                                    unsafe {
-                                        _mm_prefetch::<_MM_HINT_T1>(next_panel.add(next_line))
-                                    };
+                                    _mm_prefetch::<_MM_HINT_T1>(next_panel.wrapping_add(next_line));
                                     next_line += 64;
                                 }
                                 let mut row = [$zero(); $nv];
