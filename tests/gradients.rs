@@ -147,3 +147,41 @@ fn max_sliced_gradient_touches_only_the_winning_direction() {
         }
     }
 }
+
+/// Sampled directions are stored as drawn with their normalising factors; the same directions given
+/// as explicit unit columns must give the same distances, winner and gradients.
+#[test]
+fn sampled_directions_match_their_explicit_unit_columns() {
+    let (n, m, d) = (9, 7, 40);
+    let sampled = DirectionSampler::new(3)
+        .sample(d, 70, &default_device(), burn::tensor::DType::F64)
+        .unwrap();
+    let explicit = Directions::from_columns(sampled.columns()).unwrap();
+    let (x, y) = (gaussian(n * d, 11), gaussian(m * d, 12));
+    let ad = autodiff_device();
+    let run = |directions: &Directions| {
+        let x_tracked = matrix(x.clone(), n, d, &ad).require_grad();
+        let y_tracked = matrix(y.clone(), m, d, &ad).require_grad();
+        let max =
+            max_sliced_wasserstein(x_tracked.clone(), y_tracked.clone(), directions, 2.0, None)
+                .unwrap();
+        let grads = max.value.backward();
+        let sliced = sliced_wasserstein(
+            matrix(x.clone(), n, d, &ad),
+            matrix(y.clone(), m, d, &ad),
+            directions,
+            2.0,
+        )
+        .unwrap();
+        let mut gradient = values(x_tracked.grad(&grads).unwrap());
+        gradient.extend(values(y_tracked.grad(&grads).unwrap()));
+        (max.distance, max.argmax, sliced.distance, gradient)
+    };
+    let (a, b) = (run(&sampled), run(&explicit));
+    assert_eq!(a.1, b.1, "same winning direction");
+    assert_close(a.0, b.0, 1e-12, 0.0, "max-sliced");
+    assert_close(a.2, b.2, 1e-12, 0.0, "sliced");
+    for (k, (ga, gb)) in a.3.iter().zip(&b.3).enumerate() {
+        assert_close(*ga, *gb, 1e-10, 1e-12, &format!("gradient {k}"));
+    }
+}

@@ -68,7 +68,7 @@ pub fn sliced_wasserstein(
         project_on(x, columns.clone(), scales),
         project_on(y, columns, scales),
     );
-    let per_direction = host_costs(x_projected.clone(), y_projected.clone(), &coupling, p)?;
+    let per_direction = host_costs(x_projected.clone(), y_projected.clone(), None, &coupling, p)?;
     let mean_cost = costs_along(x_projected, y_projected, &coupling, p).mean();
     let mean_value = per_direction.iter().sum::<f64>() / per_direction.len() as f64;
     Ok(SlicedDistance {
@@ -94,17 +94,23 @@ pub fn max_sliced_wasserstein(
     let coupling = validate(&x, &y, directions, p)?;
     let columns = directions.to_matching(&x.device(), x.dtype()).inner();
     let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
+    // Projections on the stored columns; their scales are applied on the host, and to the one
+    // column of each that the graph reuses.
     let scales = directions.scales();
-    let x_projected = project_on(x_plain.clone(), columns.clone(), scales);
-    let y_projected = project_on(y_plain.clone(), columns.clone(), scales);
-    let per_direction = host_costs(x_projected.clone(), y_projected.clone(), &coupling, p)?;
+    let x_projected = project(x_plain.clone(), columns.clone());
+    let y_projected = project(y_plain.clone(), columns.clone());
+    let per_direction = host_costs(
+        x_projected.clone(),
+        y_projected.clone(),
+        scales,
+        &coupling,
+        p,
+    )?;
     let argmax = index_of_max(&per_direction);
+    let scale = scales.map_or(1.0, |scales| scales[argmax]);
     // Copied out of the `[d, L]` matrix once, here: every later use (the graph, both backward
     // outer products, the returned direction) reads it contiguously.
-    let best_column = match scales {
-        None => copy_column(columns, argmax),
-        Some(scales) => copy_column(columns, argmax).mul_scalar(scales[argmax]),
-    };
+    let best_column = copy_column(columns, argmax).mul_scalar(scale);
     let refined = match ascent {
         Some(ascent) if ascent.steps > 0 => Some(refine_direction(
             &x_plain,
@@ -127,8 +133,10 @@ pub fn max_sliced_wasserstein(
         }
         None => {
             let on_device = best_column.clone().to_device(&x.device());
-            let x_tracked = project_known(x, on_device.clone(), x_projected.narrow(1, argmax, 1));
-            let y_tracked = project_known(y, on_device, y_projected.narrow(1, argmax, 1));
+            let x_known = x_projected.narrow(1, argmax, 1).mul_scalar(scale);
+            let y_known = y_projected.narrow(1, argmax, 1).mul_scalar(scale);
+            let x_tracked = project_known(x, on_device.clone(), x_known);
+            let y_tracked = project_known(y, on_device, y_known);
             (best_column, per_direction[argmax], x_tracked, y_tracked)
         }
     };
@@ -187,12 +195,13 @@ fn project_on(points: Tensor<2>, columns: Tensor<2>, scales: Option<&[f64]>) -> 
 }
 
 /// The values of [`costs_along`], computed on the host without a graph: each direction's two
-/// columns sorted and matched in f64, the directions in parallel. Both distances report these
+/// columns (times its scale, if given) sorted and matched in f64, the directions in parallel. Both distances report these
 /// values (so they agree exactly when given the same single direction); the graphs only carry
 /// gradients.
 fn host_costs(
     x_projected: Tensor<2>,
     y_projected: Tensor<2>,
+    scales: Option<&[f64]>,
     coupling: &QuantileCoupling,
     p: f64,
 ) -> Result<Vec<f64>, OtError> {
@@ -204,8 +213,10 @@ fn host_costs(
             .map_err(|e| OtError::Backend(e.to_string()))
     };
     let (xs, ys) = (host(x_projected)?, host(y_projected)?);
-    let sorted_column =
-        |values: &[f64], l: usize| sorted_ascending(values.iter().skip(l).step_by(count).copied());
+    let sorted_column = |values: &[f64], l: usize| {
+        let scale = scales.map_or(1.0, |scales| scales[l]);
+        sorted_ascending(values.iter().skip(l).step_by(count).map(|v| v * scale))
+    };
     Ok((0..count)
         .into_par_iter()
         .map(|l| coupling.cost(&sorted_column(&xs, l), &sorted_column(&ys, l), p))
