@@ -100,11 +100,19 @@ impl WideRng {
     }
 }
 
+/// The generators `seed` determines: the wide one for the candidates, and a scalar one for the
+/// slow paths.
+fn generators(seed: u64) -> (WideRng, Xoshiro256PlusPlus) {
+    (
+        WideRng::new(seed),
+        Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5851_F42D_4C95_7F2D),
+    )
+}
+
 /// Fills `out` with independent standard normal samples, a function of `seed` alone.
 pub(crate) fn fill_standard_normal(seed: u64, out: &mut [MaybeUninit<f32>]) {
     let tables = &*TABLES;
-    let mut wide = WideRng::new(seed);
-    let mut slow = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5851_F42D_4C95_7F2D);
+    let (mut wide, mut slow) = generators(seed);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the processor supports AVX-512F (checked just above).
@@ -211,12 +219,12 @@ fn open_unit<R: Rng>(rng: &mut R) -> f64 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{STEP, Tables, WideRng, candidate, slow_sample};
-
-    /// Samples per batch of steps whose rejected candidates are finished together.
-    const BATCH: usize = 64 * STEP;
     use rand::Rng;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
+
+    /// Samples per batch of steps whose rejected candidates are finished together.
+    const BATCH: usize = 64 * STEP;
 
     /// [`super::fill_standard_normal`] with AVX-512: the 8 streams in 4 registers, 16 candidates per
     /// step decided at once, rejected lanes finished by [`slow_sample`] in lane order.
@@ -286,15 +294,10 @@ mod x86 {
                 batch[slot as usize].write(slow_sample(tables, candidate(tables, word), slow));
             }
         }
-        let store = |row: &mut [u64; 8], value: __m512i| {
+        for (row, value) in wide.state.iter_mut().zip([s0, s1, s2, s3]) {
             // SAFETY: as for the loads.
-            unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), value) }
-        };
-        let [r0, r1, r2, r3] = &mut wide.state;
-        store(r0, s0);
-        store(r1, s1);
-        store(r2, s2);
-        store(r3, s3);
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), value) };
+        }
         super::fill_lanes(tables, wide, slow, rest);
     }
 }
@@ -330,8 +333,7 @@ mod tests {
     /// What [`fill_lanes`] alone (the path of processors without AVX-512) draws from `seed`.
     fn lane_samples(count: usize, seed: u64) -> Vec<f32> {
         let mut out = vec![MaybeUninit::uninit(); count];
-        let mut wide = WideRng::new(seed);
-        let mut slow = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5851_F42D_4C95_7F2D);
+        let (mut wide, mut slow) = generators(seed);
         fill_lanes(&TABLES, &mut wide, &mut slow, &mut out);
         // SAFETY: `fill_lanes` writes every slot.
         out.into_iter()

@@ -18,7 +18,7 @@ const CHUNK: usize = 1024;
 pub(crate) fn dot_rows<T: Real>(x: &[T], rows: &[T], dim: usize) -> Vec<T> {
     assert!(dim > 0 && x.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim));
     let (n, count) = (x.len() / dim, rows.len() / dim);
-    split_columns(dim, n * count, |start, end| {
+    split_columns(dim, |start, end| {
         T::dot(Range {
             x,
             rows,

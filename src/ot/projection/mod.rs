@@ -6,9 +6,9 @@
 //!
 //! - on `flex` (the CPU backend), SIMD kernels that split the shared dimension across threads
 //!   (burn's generic matmul runs this narrow product on one thread): a matrix-product micro-kernel
-//!   ([`panel`]) for whole blocks of directions, and a dot-product kernel ([`dot`]) along the
-//!   contiguous rows of both operands for the few left over, or for one direction (the max-sliced
-//!   refinement), which would fill one lane in sixteen of the former;
+//!   ([`panel`]) for many directions, and a dot-product kernel ([`dot`]) along the contiguous rows
+//!   of both operands for one direction (the max-sliced refinement), which would fill one lane in
+//!   sixteen of the former;
 //! - under autodiff, a backward pass written for the shapes that occur: with one direction (the
 //!   max-sliced case) the gradient `grad ⊗ θ` is a parallel outer product, where a matmul would form
 //!   it as a slow K = 1 product; with L directions it is one `[n, L] × [L, d]` product;
@@ -54,17 +54,18 @@ pub trait ProjectionOps: Backend {
 
     /// Column `index` of `columns` (`[d, L]`), copied out as a contiguous `[d, 1]`.
     fn copy_column(columns: FloatTensor<Self>, index: usize) -> FloatTensor<Self> {
-        let dim = columns.shape()[0];
-        let slices = [
-            Slice::new(0, None, 1),
-            Slice::new(index as isize, Some(index as isize + 1), 1),
-        ];
-        let column = Self::float_slice(columns, &slices);
-        Self::float_reshape(
-            Self::float_reshape(column, Shape::new([1, dim])),
-            Shape::new([dim, 1]),
-        )
+        sliced_column::<Self>(columns, index)
     }
+}
+
+/// Column `index` of `columns` (`[d, L]`) as a `[d, 1]` tensor, by the backend's own slicing.
+fn sliced_column<B: Backend>(columns: FloatTensor<B>, index: usize) -> FloatTensor<B> {
+    let dim = columns.shape()[0];
+    let slices = [
+        Slice::new(0, None, 1),
+        Slice::new(index as isize, Some(index as isize + 1), 1),
+    ];
+    B::float_reshape(B::float_slice(columns, &slices), Shape::new([dim, 1]))
 }
 
 /// Column `index` of `columns` (`[d, L]`) as a contiguous `[d, 1]` tensor: gathered in parallel,
@@ -112,17 +113,7 @@ impl ProjectionOps for Flex {
         match columns.dtype() {
             DType::F32 => host_column::<f32>(&columns, index),
             DType::F64 => host_column::<f64>(&columns, index),
-            _ => {
-                let slices = [
-                    Slice::new(0, None, 1),
-                    Slice::new(index as isize, Some(index as isize + 1), 1),
-                ];
-                let dim = columns.shape()[0];
-                Flex::float_reshape(
-                    Flex::float_slice(columns, &slices).to_contiguous(),
-                    Shape::new([dim, 1]),
-                )
-            }
+            _ => sliced_column::<Flex>(columns, index),
         }
     }
 
@@ -177,12 +168,13 @@ where
     let values = columns
         .as_slice::<T>()
         .expect("contiguous storage of the checked type");
+    let piece_len = dim.div_ceil(rayon::current_num_threads());
     let mut column = Vec::with_capacity(dim);
     column.spare_capacity_mut()[..dim]
-        .par_chunks_mut(dim.div_ceil(rayon::current_num_threads()))
+        .par_chunks_mut(piece_len)
         .enumerate()
         .for_each(|(piece, out)| {
-            let first = piece * dim.div_ceil(rayon::current_num_threads());
+            let first = piece * piece_len;
             for (k, slot) in out.iter_mut().enumerate() {
                 slot.write(values[(first + k) * count + index]);
             }

@@ -35,8 +35,8 @@ pub(crate) struct PanelRange<'a, T> {
 /// `P = X Θ` for `x: [n, dim]` and `columns: [dim, L]`, both row-major; returns `[n, L]` row-major.
 pub(crate) fn product_columns<T: Real>(x: &[T], columns: &[T], dim: usize) -> Vec<T> {
     assert!(dim > 0 && x.len().is_multiple_of(dim) && columns.len().is_multiple_of(dim));
-    let (n, count) = (x.len() / dim, columns.len() / dim);
-    split_columns(dim, n * count, |start, end| {
+    let count = columns.len() / dim;
+    split_columns(dim, |start, end| {
         T::panel(PanelRange {
             x,
             columns,
@@ -184,12 +184,12 @@ pub(crate) mod x86 {
                             }
                         }
                         // Leftover directions two at a time, for the tile's points at once.
+                        let whole = len - len % $lanes;
                         for j0 in (0..leftover).step_by(2) {
                             let rows: [*const $elem; 2] = std::array::from_fn(|b| {
                                 leftover_rows[(j0 + b).min(leftover - 1) * step..].as_ptr()
                             });
                             let mut acc = [[$zero(); 2]; $mr];
-                            let whole = len - len % $lanes;
                             let mut k = 0;
                             while k < whole {
                                 // SAFETY: k + lanes <= len: inside the panel's columns of each
