@@ -7,7 +7,11 @@ ReLU'd Gaussian output):
 - torch backend (when torch is installed): forward + backward to the gradients of both clouds.
 Each case: 3 warm-up runs, then the median of 20. Prints one JSON object.
 
+When lacoot's criterion bench has just run, its medians (read from `target/criterion`) are added
+beside POT's with the speed-up, so that both sides of each ratio come from the same run:
+
     python3 -m pip install numpy POT torch
+    cargo bench --bench mswd -- --warm-up-time 1 --measurement-time 4 max_sliced_forward_backward
     python3 bench/pot_mswd.py --threads 2
 """
 
@@ -16,11 +20,13 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import ot
 
 POINTS, DIRECTIONS, DIMS = 128, 50, (2048, 16384, 65536)
+CRITERION_GROUP = "sliced_w2_n128_L50/max_sliced_forward_backward"
 
 
 def median_ms(run, warmup: int = 3, repeats: int = 20) -> float:
@@ -34,12 +40,35 @@ def median_ms(run, warmup: int = 3, repeats: int = 20) -> float:
     return 1e3 * statistics.median(times)
 
 
+def lacoot_median(criterion_dir: Path, d: int) -> tuple[float, float] | None:
+    """The median (ms) of lacoot's last `cargo bench --bench mswd` run at dimension d and the age
+    of that result (s), if there is one."""
+    estimates = criterion_dir / CRITERION_GROUP / str(d) / "new" / "estimates.json"
+    if not estimates.is_file():
+        return None
+    median_ns = json.loads(estimates.read_text())["median"]["point_estimate"]
+    return median_ns / 1e6, time.time() - estimates.stat().st_mtime
+
+
+def processor() -> str:
+    """The processor's model name (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="threads for torch")
+    parser.add_argument("--criterion-dir", type=Path, default=Path("target/criterion"),
+                        help="where cargo bench left lacoot's results")
     args = parser.parse_args()
     results = {"points": POINTS, "directions": DIRECTIONS, "pot": ot.__version__,
-               "numpy": np.__version__, "machine": platform.processor() or platform.machine()}
+               "numpy": np.__version__, "machine": processor()}
     rng = np.random.default_rng(0)
     try:
         import torch
@@ -65,6 +94,12 @@ def main() -> None:
                 value.backward()
 
             row["torch_forward_backward_ms"] = median_ms(forward_backward)
+            lacoot = lacoot_median(args.criterion_dir, d)
+            if lacoot is not None:
+                lacoot_ms, age_s = lacoot
+                row["lacoot_forward_backward_ms"] = lacoot_ms
+                row["lacoot_result_age_s"] = round(age_s)
+                row["speedup_vs_torch"] = row["torch_forward_backward_ms"] / lacoot_ms
         results[f"d{d}"] = row
     print(json.dumps(results, indent=1))
 
