@@ -26,7 +26,9 @@ import numpy as np
 import ot
 
 POINTS, DIRECTIONS, DIMS = 128, 50, (2048, 16384, 65536)
+# The group and function names `benches/mswd.rs` gives criterion, and where cargo puts its results.
 CRITERION_GROUP = "sliced_w2_n128_L50/max_sliced_forward_backward"
+CRITERION_DIR = Path(__file__).resolve().parent.parent / "target" / "criterion"
 
 
 def median_ms(run, warmup: int = 3, repeats: int = 20) -> float:
@@ -64,7 +66,7 @@ def processor() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="threads for torch")
-    parser.add_argument("--criterion-dir", type=Path, default=Path("target/criterion"),
+    parser.add_argument("--criterion-dir", type=Path, default=CRITERION_DIR,
                         help="where cargo bench left lacoot's results")
     args = parser.parse_args()
     results = {"points": POINTS, "directions": DIRECTIONS, "pot": ot.__version__,
