@@ -40,7 +40,9 @@ fn train_and_collapse(data: &Path, run: &Path, model_flags: &[&str]) -> serde_js
     .unwrap();
     assert_eq!(
         eval["accuracy"].as_f64().unwrap(),
-        report["steps"][chosen]["test_accuracy"].as_f64().unwrap()
+        report["steps"][chosen]["test"]["accuracy"]
+            .as_f64()
+            .unwrap()
     );
     report
 }

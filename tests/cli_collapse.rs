@@ -64,7 +64,9 @@ fn collapse_writes_everything_and_the_saved_model_reproduces_its_accuracy() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let chosen = report["chosen"].as_u64().unwrap() as usize;
-    let reported = report["steps"][chosen]["test_accuracy"].as_f64().unwrap();
+    let reported = report["steps"][chosen]["test"]["accuracy"]
+        .as_f64()
+        .unwrap();
     let eval: serde_json::Value = serde_json::from_str(&ok(lacoot()
         .args([
             "eval",

@@ -37,8 +37,8 @@ fn path_str(path: &Path) -> &str {
 }
 
 #[test]
-fn json_output_matches_pot_on_a_shared_case() {
-    let dir = shared_fixtures().join("ot/case1");
+fn json_output_matches_pot() {
+    let dir = local_fixtures().join("ot/case1");
     let report = json_of(&[
         "--x",
         path_str(&dir.join("x.npy")),
@@ -88,7 +88,7 @@ fn random_directions_follow_the_seed_and_other_orders_rename_the_keys() {
 
 #[test]
 fn optimise_never_reports_less_than_the_random_maximum() {
-    let dir = shared_fixtures().join("ot/case2");
+    let dir = local_fixtures().join("ot/case2");
     let report = json_of(&[
         "--x",
         path_str(&dir.join("x.npy")),

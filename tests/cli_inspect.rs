@@ -79,7 +79,19 @@ fn other_variants_and_errors() {
     for (args, needle) in [
         (vec!["--remove", "layer2.0"], "only shape-preserving blocks"),
         (vec!["--remove", "layer9.9"], "unknown block 'layer9.9'"),
-        (vec!["--input", "0"], "too small"),
+        (
+            vec!["--input", "0"],
+            "input size must be between 4 and 4096",
+        ),
+        (
+            vec!["--input", "4294967296"],
+            "input size must be between 4 and 4096",
+        ),
+        (
+            vec!["--width", "100000"],
+            "width must be between 1 and 1024",
+        ),
+        (vec!["--classes", "1"], "classes must be between 2"),
     ] {
         let output = inspect(&args);
         assert!(!output.status.success());

@@ -17,9 +17,15 @@ use lacoot::collapse::{
 use lacoot::data::{DataSource, load_splits};
 use lacoot::device::default_device;
 use lacoot::models::BlockNetwork;
-use lacoot::train::{RegularisedBlocks, RunPaths, Silent, TrainConfig, load_run_model, train};
+use lacoot::train::{
+    RegularisedBlocks, RunPaths, RunStart, Silent, TrainConfig, load_run_model, train,
+};
 
 fn trained_run(root: &Path) -> RunPaths {
+    trained_run_with(root, 0.25)
+}
+
+fn trained_run_with(root: &Path, validation_fraction: f64) -> RunPaths {
     write_toy_data(root, 4);
     let run = RunPaths::new(root.join("run"));
     let config = TrainConfig {
@@ -27,14 +33,14 @@ fn trained_run(root: &Path) -> RunPaths {
         data: DataSource::Mnist {
             root: root.to_path_buf(),
         },
-        validation_fraction: 0.25,
+        validation_fraction,
         epochs: 3,
         batch_size: 10,
         num_projections: 4,
         augmentation: None,
         ..TrainConfig::default()
     };
-    train(&config, &run, false, &Silent).unwrap();
+    train(&config, &run, RunStart::New, &Silent).unwrap();
     run
 }
 
@@ -105,6 +111,7 @@ fn every_criterion_ranks_every_candidate_and_random_follows_its_seed() {
             &record.normalization,
             Criterion::Random,
             &score,
+            2.0,
         )
         .unwrap()
     };
@@ -129,6 +136,9 @@ fn the_saved_model_reloads_to_the_same_logits_and_broken_files_are_reported() {
         validation_fraction: 0.25,
         seed: record.config.seed,
         source_run: run.root.clone(),
+        data_description: record.data_description.clone(),
+        selection_split: "validation".into(),
+        selection_accuracy: 0.0,
         test_accuracy: 0.0,
     };
     let dir = tmp.path().join("saved");
@@ -161,7 +171,22 @@ fn the_saved_model_reloads_to_the_same_logits_and_broken_files_are_reported() {
             .any(|n| n.starts_with("layer1.1.") || n.starts_with("layer3.1."))
     );
 
+    // A damaged file fails its checksum, naming the file.
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let mut flipped = weights.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x40;
+    std::fs::write(dir.join("model.safetensors"), &flipped).unwrap();
+    let message = load_model(&dir).unwrap_err().to_string();
+    assert!(
+        message.contains("model.safetensors: checksum mismatch"),
+        "{message}"
+    );
+    std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+
+    // Files changed on purpose (checksums rewritten) are still checked for sense.
     std::fs::write(dir.join("manifest.json"), "{ not json").unwrap();
+    lacoot::fsutil::write_checksums(&dir, &["model.safetensors", "manifest.json"]).unwrap();
     let message = load_model(&dir).unwrap_err().to_string();
     assert!(
         message.contains("manifest.json") && message.contains("not a valid manifest"),
@@ -175,6 +200,7 @@ fn the_saved_model_reloads_to_the_same_logits_and_broken_files_are_reported() {
         serde_json::to_vec(&wrong).unwrap(),
     )
     .unwrap();
+    lacoot::fsutil::write_checksums(&dir, &["model.safetensors", "manifest.json"]).unwrap();
     let message = load_model(&dir).unwrap_err().to_string();
     assert!(
         message.contains("does not match its manifest") && message.contains("layer3.1"),
@@ -231,5 +257,88 @@ fn reports_and_plots_are_written_for_a_person() {
         // Not a blank canvas: some pixels are neither white nor uniform.
         let rgb = png.to_rgb8();
         assert!(rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000);
+    }
+}
+
+#[test]
+fn the_validation_split_decides_and_the_test_split_is_only_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run(tmp.path());
+    let (report, _) = collapse(&run, &settings(Criterion::Mswd), &|_| {}).unwrap();
+    assert_eq!(report.selection_split, "validation");
+    // The toy data: 40 training images per split side, a quarter held out.
+    assert_eq!(report.split_images, [10, 40]);
+    let full = &report.steps[0];
+    assert_eq!(full.selection.drop_points, 0.0);
+    assert_eq!(full.test.drop_points, 0.0);
+    for step in &report.steps {
+        assert!((0.0..=1.0).contains(&step.selection.accuracy));
+        assert!((0.0..=1.0).contains(&step.test.accuracy));
+        assert!(step.latency_batch64.q1_ms <= step.latency_batch64.median_ms);
+        assert!(step.latency_batch64.median_ms <= step.latency_batch64.q3_ms);
+    }
+
+    // choose() reads the selection split only: a step that is perfect on test but 3 points down
+    // on validation is out of a 1-point budget.
+    let mut steps = report.steps.clone();
+    for step in &mut steps {
+        step.test.drop_points = 0.0;
+        step.selection.drop_points = 3.0;
+    }
+    steps[0].selection.drop_points = 0.0;
+    assert_eq!(lacoot::collapse::choose(&steps, 1.0, None).unwrap(), 0);
+    for step in &mut steps {
+        step.test.drop_points = 50.0;
+        step.selection.drop_points = 0.0;
+    }
+    assert_eq!(
+        lacoot::collapse::choose(&steps, 1.0, None).unwrap(),
+        steps.len() - 1
+    );
+}
+
+#[test]
+fn a_run_without_validation_split_must_be_told_which_split_decides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run_with(tmp.path(), 0.0);
+    // best = last: every epoch counts as the best.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.best().join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["best_epoch"], 3);
+    assert!(state["best_validation_accuracy"].is_null());
+    let message = collapse(&run, &settings(Criterion::Mswd), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("--split train"), "{message}");
+    let on_train = CollapseSettings {
+        score_split: lacoot::collapse::ScoreSplit::Train,
+        ..settings(Criterion::Mswd)
+    };
+    let (report, _) = collapse(&run, &on_train, &|_| {}).unwrap();
+    assert_eq!(report.selection_split, "train");
+}
+
+#[test]
+fn nonsense_settings_fail_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = RunPaths::new(tmp.path().join("never-read"));
+    for bad in [
+        CollapseSettings {
+            max_drop: -1.0,
+            ..settings(Criterion::Mswd)
+        },
+        CollapseSettings {
+            max_drop: f64::NAN,
+            ..settings(Criterion::Mswd)
+        },
+        CollapseSettings {
+            target_macs: Some(0),
+            ..settings(Criterion::Mswd)
+        },
+    ] {
+        match collapse(&missing, &bad, &|_| {}) {
+            Err(CollapseError::Settings(_)) => {}
+            other => panic!("expected a settings error, got {other:?}"),
+        }
     }
 }

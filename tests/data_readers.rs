@@ -196,13 +196,13 @@ fn image_folders_load_and_bad_folders_are_reported() {
             let dir = tmp.path().join(split).join(class);
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..3 {
-                write_png(&dir.join(format!("{i}.png")), 5, 4, shade);
+                write_png(&dir.join(format!("{i}.png")), 5, 5, shade);
             }
         }
     }
     // One JPEG among the PNGs.
     let jpeg = tmp.path().join("test/dogs/3.jpg");
-    image::RgbImage::from_pixel(5, 4, image::Rgb([120, 120, 120]))
+    image::RgbImage::from_pixel(5, 5, image::Rgb([120, 120, 120]))
         .save(&jpeg)
         .unwrap();
     let source = DataSource::from_name("image-folder", Some(tmp.path().to_path_buf())).unwrap();
@@ -210,13 +210,13 @@ fn image_folders_load_and_bad_folders_are_reported() {
     assert_eq!(splits.test.len(), 7);
     let decoded = splits.test.image(6);
     assert!(decoded.iter().all(|&v| v.abs_diff(120) <= 2), "{decoded:?}");
-    assert_eq!(splits.train.shape, [3, 4, 5]);
+    assert_eq!(splits.train.shape, [3, 5, 5]);
     assert_eq!(splits.train.class_names, ["cats", "dogs"]);
     assert_eq!(splits.train.labels, [0, 0, 0, 1, 1, 1]);
     // Channel-major: the red plane (the shade) first, then x, then y.
     let first = splits.train.image(0);
-    assert!(first[..20].iter().all(|&v| v == 10));
-    assert_eq!(first[20..25], [0, 1, 2, 3, 4]);
+    assert!(first[..25].iter().all(|&v| v == 10));
+    assert_eq!(first[25..30], [0, 1, 2, 3, 4]);
 
     let odd = tmp.path().join("train/dogs/big.png");
     write_png(&odd, 6, 4, 0);
@@ -235,6 +235,23 @@ fn image_folders_load_and_bad_folders_are_reported() {
         "{message}"
     );
     std::fs::remove_file(&broken).unwrap();
+
+    // Non-square images are refused at load, with the reason.
+    let tall = tempfile::tempdir().unwrap();
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            let dir = tall.path().join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            write_png(&dir.join("0.png"), 4, 6, 1);
+        }
+    }
+    let tall_source =
+        DataSource::from_name("image-folder", Some(tall.path().to_path_buf())).unwrap();
+    let message = problem(load_splits(&tall_source, 0.0, 0));
+    assert!(
+        message.contains("6x4") && message.contains("square"),
+        "{message}"
+    );
 
     std::fs::create_dir_all(tmp.path().join("train/empty")).unwrap();
     let message = problem(load_splits(&source, 0.0, 0));

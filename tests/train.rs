@@ -10,7 +10,9 @@ use common::write_toy_data;
 
 use lacoot::data::DataSource;
 use lacoot::models::{Architecture, StemKind};
-use lacoot::train::{RegularisedBlocks, RunPaths, Silent, TrainConfig, load_run_model, train};
+use lacoot::train::{
+    RegularisedBlocks, RunPaths, RunStart, Silent, TrainConfig, load_run_model, train,
+};
 
 /// Training seeds burn's device generator, which the whole process shares: tests that train take
 /// turns, so that each run draws only its own numbers.
@@ -52,7 +54,7 @@ fn a_tiny_resnet_learns_and_writes_its_run() {
         learning_rate: 0.01,
         ..tiny_config(tmp.path(), 40, 0.1)
     };
-    let summary = train(&config, &run, false, &Silent).unwrap();
+    let summary = train(&config, &run, RunStart::New, &Silent).unwrap();
     let first = &summary.epochs[0];
     let last = summary.epochs.last().unwrap();
     assert!(
@@ -111,18 +113,18 @@ fn timeless_metrics(run: &RunPaths) -> Vec<serde_json::Value> {
 /// wrote the same metrics; returns the interrupted run.
 fn assert_resumes_exactly(config: &TrainConfig, root: &Path) -> RunPaths {
     let straight = RunPaths::new(root.join("straight"));
-    train(config, &straight, false, &Silent).unwrap();
+    train(config, &straight, RunStart::New, &Silent).unwrap();
 
     let interrupted = RunPaths::new(root.join("interrupted"));
     let first = train(
         config,
         &interrupted,
-        false,
+        RunStart::New,
         &StopAfter(2, Default::default()),
     )
     .unwrap();
     assert_eq!(first.state.epochs_done, 2);
-    let rest = train(config, &interrupted, true, &Silent).unwrap();
+    let rest = train(config, &interrupted, RunStart::Resume, &Silent).unwrap();
     assert_eq!(rest.epochs.len(), 1);
     assert_eq!(rest.epochs[0].epoch, 3);
     assert_eq!(timeless_metrics(&interrupted), timeless_metrics(&straight));
@@ -148,9 +150,9 @@ fn an_interrupted_run_resumes_exactly() {
         lambda: 1.0,
         ..config
     };
-    match train(&different, &interrupted, true, &Silent) {
+    match train(&different, &interrupted, RunStart::Resume, &Silent) {
         Err(lacoot::train::TrainError::Config(message)) => {
-            assert!(message.contains("different settings"))
+            assert!(message.contains("lambda 1.0 (recorded 0.5)"), "{message}")
         }
         other => panic!("expected a configuration mismatch, got {other:?}"),
     }
@@ -188,7 +190,7 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint() {
         learning_rate: 1e30,
         ..tiny_config(tmp.path(), 4, 0.0)
     };
-    match train(&config, &run, false, &Silent) {
+    match train(&config, &run, RunStart::New, &Silent) {
         Err(lacoot::train::TrainError::NonFiniteLoss { epoch, .. }) => {
             if epoch > 1 {
                 assert!(run.last().join("model.bpk").is_file());
@@ -220,10 +222,10 @@ fn a_run_can_start_from_pytorch_weights() {
     use burn::store::ModuleSnapshot;
     let tmp = tempfile::tempdir().unwrap();
     write_cifar(tmp.path(), 4);
-    let weights = common::shared_fixtures().join("torch/resnet18_cifar10/resnet18_cifar.pth");
+    let weights = common::local_fixtures().join("torch/resnet18_cifar/weights.pth");
     let run = RunPaths::new(tmp.path().join("run"));
     let config = TrainConfig {
-        width: Some(64),
+        width: Some(8),
         data: DataSource::Cifar10 {
             root: tmp.path().to_path_buf(),
         },
@@ -236,7 +238,7 @@ fn a_run_can_start_from_pytorch_weights() {
         init_from: Some(weights),
         ..TrainConfig::default()
     };
-    train(&config, &run, false, &Silent).unwrap();
+    train(&config, &run, RunStart::New, &Silent).unwrap();
     // With a vanishing learning rate the convolutions keep the PyTorch values.
     let (_, model) = load_run_model(&run, &run.last()).unwrap();
     let conv1 = model
@@ -246,24 +248,23 @@ fn a_run_can_start_from_pytorch_weights() {
         .unwrap()
         .into_bytes()
         .unwrap();
-    let bytes = std::fs::read(
-        common::shared_fixtures().join("torch/resnet18_cifar10/resnet18_cifar.safetensors"),
-    )
-    .unwrap();
+    let bytes =
+        std::fs::read(common::local_fixtures().join("torch/resnet18_cifar/weights.safetensors"))
+            .unwrap();
     let fixture = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(&conv1[..], fixture.tensor("conv1.weight").unwrap().data());
 
     let wrong = TrainConfig {
-        width: Some(32),
+        width: Some(16),
         ..config
     };
     let message = train(
         &wrong,
         &RunPaths::new(tmp.path().join("wrong")),
-        false,
+        RunStart::New,
         &Silent,
     )
     .unwrap_err()
     .to_string();
-    assert!(message.contains("resnet18_cifar.pth"), "{message}");
+    assert!(message.contains("weights.pth"), "{message}");
 }

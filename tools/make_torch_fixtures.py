@@ -1,9 +1,10 @@
-"""PyTorch references for MobileNetV2 and Swin-T (torchvision layouts), which ../shared/fixtures lacks.
+"""PyTorch references for lacoot's architectures (torchvision layouts and key names).
 
-Writes tests/fixtures/torch/{mobilenetv2_cifar,mobilenetv2_imagenet,swin_t}/: small-width, randomly
-initialised torchvision models (weights, and batch-norm statistics made non-trivial), inputs, eval-mode
-logits (also with blocks replaced by identity), and expected.json with the full-size models' parameter
-and MAC counts. Run from the repository root:
+Writes tests/fixtures/torch/{resnet18_cifar,mobilenetv2_cifar,mobilenetv2_imagenet,swin_t}/:
+small-width, randomly initialised torchvision models (weights, and batch-norm statistics made
+non-trivial), inputs, eval-mode logits (also with blocks replaced by identity), and expected.json
+with the full-size models' parameter and MAC counts (which need no weights). Run from the
+repository root:
     python3 -m pip install torch torchvision safetensors && python3 tools/make_torch_fixtures.py
 """
 
@@ -16,6 +17,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import mobilenet_v2, swin_t
+from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformer
 
@@ -163,6 +165,55 @@ def mobilenet_fixture(name: str, cifar: bool, size: int, seed: int) -> None:
         np.save(os.path.join(directory, f"{key}.npy"), value)
 
 
+def cifar_resnet18(width: int, num_classes: int = 10) -> ResNet:
+    """torchvision's ResNet-18 with the paper's CIFAR stem (3x3 stride-1 conv, the max-pool kept) and
+    stage widths width, 2 width, 4 width, 8 width (torchvision's is width 64)."""
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.layer1 = model._make_layer(BasicBlock, width, 2)
+    model.layer2 = model._make_layer(BasicBlock, 2 * width, 2, stride=2)
+    model.layer3 = model._make_layer(BasicBlock, 4 * width, 2, stride=2)
+    model.layer4 = model._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    model.fc = nn.Linear(8 * width, num_classes)
+    return model
+
+
+def resnet_fixture(seed: int) -> None:
+    torch.manual_seed(seed)
+    width = 8
+    model = cifar_resnet18(width)
+    randomise(model, seed)
+    directory = os.path.join(OUT, "resnet18_cifar")
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
+    results = {"logits_eval": logits(model, x)}
+    kept = (model.layer3[1], model.layer4[1])
+    model.layer3[1] = nn.Identity()
+    model.layer4[1] = nn.Identity()
+    results["logits_eval_without_layer3.1_layer4.1"] = logits(model, x)
+    model.layer3[1], model.layer4[1] = kept
+    full = cifar_resnet18(64)
+    save(
+        directory,
+        model,
+        {
+            "width": width,
+            "input_size": 32,
+            "parameters": parameters(model),
+            "macs": conv_linear_macs(model, 32)["conv_linear"],
+            "full_width_parameters": parameters(full),
+            "full_width_macs": conv_linear_macs(full, 32)["conv_linear"],
+            "torch_version": torch.__version__,
+            "torchvision_version": torchvision.__version__,
+        },
+        pth="plain",
+    )
+    np.save(os.path.join(directory, "input.npy"), x.numpy())
+    for key, value in results.items():
+        np.save(os.path.join(directory, f"{key}.npy"), value)
+
+
 def swin_fixture(seed: int) -> None:
     torch.manual_seed(seed)
     embed_dim = 12
@@ -200,6 +251,7 @@ def swin_fixture(seed: int) -> None:
 
 
 def main() -> None:
+    resnet_fixture(10)
     mobilenet_fixture("mobilenetv2_cifar", cifar=True, size=32, seed=11)
     mobilenet_fixture("mobilenetv2_imagenet", cifar=False, size=64, seed=12)
     swin_fixture(13)

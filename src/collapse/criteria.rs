@@ -7,6 +7,7 @@ use burn::tensor::{DType, Tensor};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+use super::CollapseError;
 use crate::data::{BatchPlan, ImageSet, Normalization, batches};
 use crate::device::default_device;
 use crate::models::{BlockFeatures, BlockNetwork};
@@ -52,7 +53,8 @@ pub struct ScoreSettings {
 }
 
 /// Scores every block in `candidates` on `set` with a static criterion: the mean over the set's
-/// batches (all images, eval mode). Lower = more removable.
+/// batches (all images, eval mode), the distances of order `p` (the run's). Lower = more
+/// removable; a score that is not finite (NaN weights, say) is an error naming the block.
 pub fn static_scores<N: BlockNetwork>(
     model: &N,
     candidates: &BTreeSet<String>,
@@ -60,7 +62,8 @@ pub fn static_scores<N: BlockNetwork>(
     normalization: &Normalization,
     criterion: Criterion,
     settings: &ScoreSettings,
-) -> Result<BTreeMap<String, f64>, crate::ot::OtError> {
+    p: f64,
+) -> Result<BTreeMap<String, f64>, CollapseError> {
     if criterion == Criterion::Random {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(settings.seed);
         return Ok(candidates
@@ -79,10 +82,16 @@ pub fn static_scores<N: BlockNetwork>(
     };
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for batch in batches(set.clone(), normalization.clone(), plan, 0) {
-        let (images, _) = batch.to_tensors(&device);
+        let (images, _) = batch?.to_tensors(&device);
         let (_, features) = model.forward_capturing(images, candidates);
         for block in features {
-            let score = block_score(&block, criterion, settings, &mut sampler)?;
+            let score = block_score(&block, criterion, settings, p, &mut sampler)?;
+            if !score.is_finite() {
+                return Err(CollapseError::NonFinite(format!(
+                    "the {criterion:?} score of block {} is {score}",
+                    block.name
+                )));
+            }
             let entry = sums.entry(block.name).or_default();
             entry.0 += score;
             entry.1 += 1;
@@ -98,6 +107,7 @@ fn block_score(
     block: &BlockFeatures,
     criterion: Criterion,
     settings: &ScoreSettings,
+    p: f64,
     sampler: &mut DirectionSampler,
 ) -> Result<f64, crate::ot::OtError> {
     let x = point_cloud(block.input.clone());
@@ -107,9 +117,9 @@ fn block_score(
         Criterion::Mswd | Criterion::Swd => {
             let dirs = sampler.sample(dim, settings.num_projections, &x.device(), DType::F32)?;
             if criterion == Criterion::Mswd {
-                max_sliced_wasserstein(x, y, &dirs, 2.0, None)?.distance
+                max_sliced_wasserstein(x, y, &dirs, p, None)?.distance
             } else {
-                sliced_wasserstein(x, y, &dirs, 2.0)?.distance
+                sliced_wasserstein(x, y, &dirs, p)?.distance
             }
         }
         Criterion::BlockInfluence => 1.0 - mean(cosines(x, y)),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use criteria::{Criterion, ScoreSettings, static_scores};
-pub use latency::{LatencySettings, median_latency_ms};
+pub use latency::{Latency, LatencySettings, interleaved_latencies};
 
 use crate::data::load_splits;
 use crate::models::{BlockNetwork, Network};
@@ -32,9 +32,15 @@ pub enum CollapseError {
     /// The model could not be changed or saved.
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
+    /// The settings make no sense.
+    #[error("invalid collapse settings: {0}")]
+    Settings(String),
     /// No removal meets the budget.
     #[error("no removal meets the budget: {0}")]
     Budget(String),
+    /// A score or loss is NaN or infinite (the model's weights may be broken).
+    #[error("{0}")]
+    NonFinite(String),
     /// A report or model file could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -50,11 +56,11 @@ pub enum CollapseError {
 pub struct CollapseSettings {
     /// How blocks are ranked.
     pub criterion: Criterion,
-    /// The split the scores are computed on (accuracy is always measured on the test split).
+    /// The split blocks are scored on and the budget is judged on (the test split only reports).
     pub score_split: ScoreSplit,
     /// Which blocks may be removed.
     pub blocks: RegularisedBlocks,
-    /// Largest acceptable drop of test accuracy, in percentage points.
+    /// Largest acceptable drop of accuracy on the selection split, in percentage points.
     pub max_drop: f64,
     /// MACs (conv + linear + attention, per image) the chosen model must not exceed, if any.
     pub target_macs: Option<u64>,
@@ -64,14 +70,77 @@ pub struct CollapseSettings {
     pub latency: LatencySettings,
 }
 
-/// The data split blocks are scored on.
+impl CollapseSettings {
+    /// Checks the settings before any work is done.
+    pub fn validate(&self) -> Result<(), CollapseError> {
+        let problems = [
+            (
+                !(self.max_drop.is_finite() && self.max_drop >= 0.0),
+                format!(
+                    "--max-drop must be a finite number of points >= 0, not {}",
+                    self.max_drop
+                ),
+            ),
+            (
+                self.target_macs == Some(0),
+                "--target-macs must be positive".to_string(),
+            ),
+            (
+                self.score.num_projections == 0,
+                "--num-projections must be at least 1".to_string(),
+            ),
+            (
+                self.score.num_projections > crate::ot::MAX_NUM_PROJECTIONS,
+                format!(
+                    "--num-projections must be at most {}",
+                    crate::ot::MAX_NUM_PROJECTIONS
+                ),
+            ),
+            (
+                self.score.batch_size < 2,
+                "--batch-size must be at least 2 (a point cloud)".to_string(),
+            ),
+            (
+                self.latency.repeats == 0,
+                "--latency-repeats must be at least 1".to_string(),
+            ),
+        ];
+        match problems.into_iter().find(|(bad, _)| *bad) {
+            Some((_, problem)) => Err(CollapseError::Settings(problem)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The data split blocks are scored on and removal budgets are judged on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScoreSplit {
     /// The validation split held out from training (the default: no test data leaks into choices).
     Val,
-    /// The training split.
+    /// The training split (for runs trained without a validation split; must be asked for).
     Train,
+}
+
+impl ScoreSplit {
+    /// The split's name in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Val => "validation",
+            Self::Train => "train",
+        }
+    }
+}
+
+/// Accuracy and loss of one network on one split, and the accuracy drop from the full network.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct SplitScore {
+    /// Accuracy, as a fraction.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Accuracy drop from the full network on the same split, in percentage points.
+    pub drop_points: f64,
 }
 
 /// The network after one more removal.
@@ -81,26 +150,27 @@ pub struct CollapseStep {
     pub blocks_removed: usize,
     /// The block removed at this step.
     pub removed_block: Option<String>,
-    /// Test accuracy, as a fraction.
-    pub test_accuracy: f64,
-    /// Test cross-entropy.
-    pub test_loss: f64,
-    /// Accuracy drop from the full network, in percentage points.
-    pub accuracy_drop_points: f64,
+    /// On the selection split (validation unless the user asked for train): what decides.
+    pub selection: SplitScore,
+    /// On the test split: reported only, never used for a choice.
+    pub test: SplitScore,
     /// Trainable parameters.
     pub parameters: usize,
     /// Conv + linear MACs per image.
     pub macs: u64,
     /// Full MACs / these MACs.
     pub macs_reduction: f64,
-    /// Median latency of one image, milliseconds.
-    pub latency_batch1_ms: f64,
-    /// Median latency of a batch of 64, milliseconds.
-    pub latency_batch64_ms: f64,
-    /// Measured speed-up at batch 1 over the full network.
+    /// Latency of one image (median and quartiles of the interleaved rounds).
+    pub latency_batch1: Latency,
+    /// Latency of a batch of 64.
+    pub latency_batch64: Latency,
+    /// Measured speed-up at batch 1 over the full network (ratio of medians).
     pub speedup_batch1: f64,
-    /// Measured speed-up at batch 64 over the full network.
+    /// Measured speed-up at batch 64 over the full network (ratio of medians).
     pub speedup_batch64: f64,
+    /// Whether the batch-64 latency is within the noise of the previous step's (their
+    /// interquartile ranges overlap).
+    pub batch64_within_noise_of_previous: bool,
 }
 
 /// Everything a collapse measured, as written to `collapse/report.json`.
@@ -110,8 +180,10 @@ pub struct CollapseReport {
     pub run: PathBuf,
     /// The settings.
     pub settings: CollapseSettings,
-    /// Each candidate block's score (lower = more removable); for `loss-drop`, the validation loss
-    /// after removing it at its turn.
+    /// The split scores and the budget were judged on (`validation` or `train`).
+    pub selection_split: String,
+    /// Each candidate block's score (lower = more removable); for `loss-drop`, the selection-split
+    /// loss after removing it at its turn.
     pub scores: BTreeMap<String, f64>,
     /// The removal order.
     pub order: Vec<String>,
@@ -121,33 +193,41 @@ pub struct CollapseReport {
     pub chosen: usize,
     /// The data the accuracies were measured on.
     pub data: String,
+    /// Images in the selection and test splits.
+    pub split_images: [usize; 2],
 }
 
 /// Collapses the best checkpoint of `run` as `settings` ask; `progress` hears about each step.
+///
+/// Blocks are scored, and the budget judged, on `settings.score_split` (validation by default);
+/// every step is also evaluated on the test split, which is reported and never used for a choice.
 pub fn collapse(
     run: &RunPaths,
     settings: &CollapseSettings,
     progress: &dyn Fn(&str),
 ) -> Result<(CollapseReport, Network), CollapseError> {
+    settings.validate()?;
     let (record, model) = load_run_model(run, &run.best())?;
     let splits = load_splits(
         &record.config.data,
         record.config.validation_fraction,
         record.config.seed,
     )?;
-    let validation = Arc::new(match settings.score_split {
+    record.check_data(&splits)?;
+    let selection = Arc::new(match settings.score_split {
         ScoreSplit::Val => splits.validation,
         ScoreSplit::Train => splits.train,
     });
-    if validation.is_empty() {
-        return Err(CollapseError::Budget(format!(
-            "the {:?} split is empty, so blocks cannot be scored (train with a validation fraction > 0, or score on --split train)",
-            settings.score_split
+    if selection.is_empty() {
+        return Err(CollapseError::Settings(format!(
+            "the run has no {} split (trained with --validation-fraction 0), so it can neither score blocks nor judge the budget on it; pass --split train to score and choose on the training split",
+            settings.score_split.label()
         )));
     }
     let test = Arc::new(splits.test);
     let normalization = &record.normalization;
     let batch_size = settings.score.batch_size;
+    let p = record.config.p;
     let candidates = crate::train::regularised_blocks(&model, settings.blocks);
     if candidates.is_empty() {
         return Err(CollapseError::Budget(
@@ -165,10 +245,11 @@ pub fn collapse(
         scores = static_scores(
             &model,
             &candidates,
-            &validation,
+            &selection,
             normalization,
             settings.criterion,
             &settings.score,
+            p,
         )?;
         let mut ranked: Vec<(String, f64)> = scores.iter().map(|(k, v)| (k.clone(), *v)).collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
@@ -179,20 +260,22 @@ pub fn collapse(
         let mut order = Vec::new();
         while !remaining.is_empty() {
             progress(&format!("loss-drop: trying {} removals", remaining.len()));
-            let (best, loss) = remaining
-                .iter()
-                .map(|name| {
-                    let mut trial = trial_model.clone();
-                    trial
-                        .remove_blocks(std::slice::from_ref(name))
-                        .expect("candidate is removable");
-                    (
-                        name.clone(),
-                        evaluate(&trial, &validation, normalization, batch_size).loss,
-                    )
-                })
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .expect("non-empty");
+            let mut best: Option<(String, f64)> = None;
+            for name in &remaining {
+                let mut trial = trial_model.clone();
+                trial.remove_blocks(std::slice::from_ref(name))?;
+                let loss = evaluate(&trial, &selection, normalization, batch_size)?.loss;
+                if !loss.is_finite() {
+                    return Err(CollapseError::NonFinite(format!(
+                        "the {} loss without block {name} is {loss}",
+                        settings.score_split.label()
+                    )));
+                }
+                if best.as_ref().is_none_or(|(_, b)| loss < *b) {
+                    best = Some((name.clone(), loss));
+                }
+            }
+            let (best, loss) = best.expect("at least one remaining block");
             trial_model.remove_blocks(std::slice::from_ref(&best))?;
             remaining.remove(&best);
             scores.insert(best.clone(), loss);
@@ -201,71 +284,83 @@ pub fn collapse(
         order
     };
 
-    let mut current = model.clone();
-    let input_shape = current.input_shape();
-    let mut steps: Vec<CollapseStep> = Vec::new();
-    for k in 0..=order.len() {
-        let removed_block = k.checked_sub(1).map(|i| order[i].clone());
-        if let Some(block) = &removed_block {
-            current.remove_blocks(std::slice::from_ref(block))?;
-        }
+    let mut networks = vec![model.clone()];
+    for block in &order {
+        let mut next = networks.last().expect("the full network").clone();
+        next.remove_blocks(std::slice::from_ref(block))?;
+        networks.push(next);
+    }
+    let mut evaluations = Vec::with_capacity(networks.len());
+    for (k, network) in networks.iter().enumerate() {
         progress(&format!(
             "step {k}: evaluating {}",
-            removed_block.as_deref().unwrap_or("the full network")
+            k.checked_sub(1).map_or("the full network", |i| &order[i])
         ));
-        let evaluation = evaluate(&current, &test, normalization, batch_size);
-        let cost = current.total_cost();
-        let latency1 = median_latency_ms(&current, input_shape, 1, &settings.latency);
-        let latency64 = median_latency_ms(&current, input_shape, 64, &settings.latency);
-        let (full_accuracy, full_macs, full1, full64) =
-            steps
-                .first()
-                .map_or((evaluation.accuracy, cost.macs, latency1, latency64), |s| {
-                    (
-                        s.test_accuracy,
-                        s.macs,
-                        s.latency_batch1_ms,
-                        s.latency_batch64_ms,
-                    )
-                });
-        steps.push(CollapseStep {
-            blocks_removed: k,
-            removed_block,
-            test_accuracy: evaluation.accuracy,
-            test_loss: evaluation.loss,
-            accuracy_drop_points: 100.0 * (full_accuracy - evaluation.accuracy),
-            parameters: cost.parameters,
-            macs: cost.macs,
-            macs_reduction: full_macs as f64 / cost.macs as f64,
-            latency_batch1_ms: latency1,
-            latency_batch64_ms: latency64,
-            speedup_batch1: full1 / latency1,
-            speedup_batch64: full64 / latency64,
-        });
+        let on_selection = evaluate(network, &selection, normalization, batch_size)?;
+        let on_test = evaluate(network, &test, normalization, batch_size)?;
+        evaluations.push((on_selection, on_test));
     }
+    progress(&format!(
+        "timing {} networks in interleaved rounds",
+        networks.len()
+    ));
+    let input_shape = model.input_shape();
+    let latency1 = interleaved_latencies(&networks, input_shape, 1, &settings.latency);
+    let latency64 = interleaved_latencies(&networks, input_shape, 64, &settings.latency);
+
+    let (full_selection, full_test) = evaluations[0];
+    let full_cost = networks[0].total_cost();
+    let score = |e: &crate::train::Evaluation, full: &crate::train::Evaluation| SplitScore {
+        accuracy: e.accuracy,
+        loss: e.loss,
+        drop_points: 100.0 * (full.accuracy - e.accuracy),
+    };
+    let steps: Vec<CollapseStep> = networks
+        .iter()
+        .enumerate()
+        .map(|(k, network)| {
+            let cost = network.total_cost();
+            let (on_selection, on_test) = &evaluations[k];
+            CollapseStep {
+                blocks_removed: k,
+                removed_block: k.checked_sub(1).map(|i| order[i].clone()),
+                selection: score(on_selection, &full_selection),
+                test: score(on_test, &full_test),
+                parameters: cost.parameters,
+                macs: cost.macs,
+                macs_reduction: full_cost.macs as f64 / cost.macs as f64,
+                latency_batch1: latency1[k],
+                latency_batch64: latency64[k],
+                speedup_batch1: latency1[0].median_ms / latency1[k].median_ms,
+                speedup_batch64: latency64[0].median_ms / latency64[k].median_ms,
+                batch64_within_noise_of_previous: k > 0 && latency64[k].overlaps(&latency64[k - 1]),
+            }
+        })
+        .collect();
     let chosen = choose(&steps, settings.max_drop, settings.target_macs)?;
-    let mut chosen_model = model;
-    chosen_model.remove_blocks(&order[..steps[chosen].blocks_removed])?;
+    let chosen_model = networks.swap_remove(chosen);
     let report = CollapseReport {
         run: run.root.clone(),
         settings: settings.clone(),
+        selection_split: settings.score_split.label().to_string(),
         scores,
         order,
         steps,
         chosen,
         data: splits.description,
+        split_images: [selection.len(), test.len()],
     };
     Ok((report, chosen_model))
 }
 
-/// The deepest step whose accuracy drop is within `max_drop` points and, when a target is given,
-/// whose MACs reach it.
+/// The deepest step whose accuracy drop on the selection split is within `max_drop` points and,
+/// when a target is given, whose MACs reach it. Test accuracy plays no part.
 pub fn choose(
     steps: &[CollapseStep],
     max_drop: f64,
     target_macs: Option<u64>,
 ) -> Result<usize, CollapseError> {
-    let within = |s: &CollapseStep| s.accuracy_drop_points <= max_drop + 1e-9;
+    let within = |s: &CollapseStep| s.selection.drop_points <= max_drop + 1e-9;
     let reaches = |s: &CollapseStep| target_macs.is_none_or(|t| s.macs <= t);
     steps
         .iter()

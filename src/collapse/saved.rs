@@ -9,7 +9,8 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use super::CollapseError;
 use crate::data::{DataSource, Normalization};
 use crate::device::default_device;
-use crate::fsutil::{staging_dir, swap_in_dir};
+use crate::fsutil::{recover_dir, staging_dir, swap_in_dir, verify_checksums, write_checksums};
+use crate::models::weights::abbreviated;
 use crate::models::{BlockNetwork, ModelError, ModelSpec, Network};
 
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -30,7 +31,16 @@ pub struct Manifest {
     pub seed: u64,
     /// The run the model comes from.
     pub source_run: PathBuf,
-    /// Test accuracy measured before saving.
+    /// Which copy of the data the run recorded (evaluation checks it reads the same).
+    #[serde(default)]
+    pub data_description: String,
+    /// The split the collapse chose on (`validation`, or `train` when asked).
+    #[serde(default)]
+    pub selection_split: String,
+    /// Accuracy on that split, measured before saving.
+    #[serde(default)]
+    pub selection_accuracy: f64,
+    /// Test accuracy measured before saving (reported, never used for the choice).
     pub test_accuracy: f64,
 }
 
@@ -52,7 +62,10 @@ impl Manifest {
             validation_fraction: record.config.validation_fraction,
             seed: record.config.seed,
             source_run: run.to_path_buf(),
-            test_accuracy: chosen.test_accuracy,
+            data_description: record.data_description.clone(),
+            selection_split: report.selection_split.clone(),
+            selection_accuracy: chosen.selection.accuracy,
+            test_accuracy: chosen.test.accuracy,
         }
     }
 }
@@ -86,13 +99,25 @@ pub fn save_model(dir: &Path, model: &Network, manifest: &Manifest) -> Result<()
         .map_err(|e| weights_error(&weights, e.to_string()))?;
     let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
     std::fs::write(staging.join(MANIFEST_FILE), json).map_err(io(&staging))?;
+    write_checksums(&staging, &[WEIGHTS_FILE, MANIFEST_FILE]).map_err(io(&staging))?;
     swap_in_dir(&staging, dir).map_err(io(dir))
 }
 
-/// Reads a saved model: rebuilds it from the manifest and loads its weights (eval mode, plain
-/// device).
+/// Reads a saved model: checks its files' checksums, rebuilds it from the manifest and loads its
+/// weights (eval mode, plain device).
 pub fn load_model(dir: &Path) -> Result<(Manifest, Network), CollapseError> {
     let manifest_path = dir.join(MANIFEST_FILE);
+    recover_dir(dir).map_err(|source| CollapseError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if !manifest_path.is_file() {
+        return Err(weights_error(
+            dir,
+            "not a saved lacoot model (no manifest.json)".into(),
+        ));
+    }
+    verify_checksums(dir).map_err(|problem| weights_error(dir, problem))?;
     let text = std::fs::read_to_string(&manifest_path).map_err(|source| CollapseError::Io {
         path: manifest_path.clone(),
         source,
@@ -125,9 +150,12 @@ pub fn load_model(dir: &Path) -> Result<(Manifest, Network), CollapseError> {
         return Err(weights_error(
             &weights,
             format!(
-                "does not match its manifest (missing: [{}], unexpected: [{}])",
-                missing.join(", "),
-                result.unused.join(", ")
+                "does not match its manifest: {} missing [{}], {} unexpected [{}], {} that do not fit",
+                missing.len(),
+                abbreviated(&missing),
+                result.unused.len(),
+                abbreviated(&result.unused),
+                result.errors.len()
             ),
         ));
     }

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use super::ImageSet;
+use super::{DataError, ImageSet};
 
 /// How many prepared batches may wait for the model.
 const PREFETCH: usize = 2;
@@ -69,14 +70,19 @@ impl Batch {
 }
 
 /// The batches of one epoch, prepared on a background thread while the caller consumes them.
+///
+/// Yields exactly [`batch_count`] batches. If the worker dies (a panic while assembling a batch) the
+/// iterator yields one error saying so instead of ending early, so a pass over the data is either
+/// complete or fails: it never looks like a shorter set.
 pub fn batches(
     set: Arc<ImageSet>,
     normalization: Normalization,
     plan: BatchPlan,
     epoch: u64,
-) -> impl Iterator<Item = Batch> {
+) -> impl Iterator<Item = Result<Batch, DataError>> {
     let (sender, receiver) = sync_channel(PREFETCH);
-    std::thread::spawn(move || {
+    let expected = batch_count(set.len(), &plan);
+    let worker = std::thread::spawn(move || {
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(plan.seed ^ epoch.wrapping_mul(0x9E37_79B9));
         let mut order: Vec<usize> = (0..set.len()).collect();
@@ -93,19 +99,53 @@ pub fn batches(
             }
         }
     });
-    ReceiverIter { receiver }
+    ReceiverIter {
+        receiver,
+        worker: Some(worker),
+        expected,
+        received: 0,
+    }
 }
 
 struct ReceiverIter {
     receiver: Receiver<Batch>,
+    worker: Option<JoinHandle<()>>,
+    expected: usize,
+    received: usize,
 }
 
 impl Iterator for ReceiverIter {
-    type Item = Batch;
+    type Item = Result<Batch, DataError>;
 
-    fn next(&mut self) -> Option<Batch> {
-        self.receiver.recv().ok()
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Ok(batch) = self.receiver.recv() {
+            self.received += 1;
+            return Some(Ok(batch));
+        }
+        // The worker is done: it either finished the plan or died.
+        let worker = self.worker.take()?;
+        let failure = match worker.join() {
+            Err(panic) => Some(format!(
+                "the batch worker failed: {}",
+                panic_message(&panic)
+            )),
+            Ok(()) if self.received != self.expected => Some(format!(
+                "the batch worker delivered {} of {} batches",
+                self.received, self.expected
+            )),
+            Ok(()) => None,
+        };
+        failure.map(|problem| Err(DataError::Batching(problem)))
     }
+}
+
+/// The text a panic carried, if it was a string.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The number of batches `batches` yields for `len` images.
@@ -199,11 +239,14 @@ mod tests {
             seed: 0,
         };
         let sizes: Vec<usize> = batches(set.clone(), identity(), eval, 0)
-            .map(|b| b.shape[0])
+            .map(|b| b.unwrap().shape[0])
             .collect();
         assert_eq!(sizes, [4, 4, 2]);
         assert_eq!(batch_count(10, &eval), 3);
-        let first = batches(set.clone(), identity(), eval, 0).next().unwrap();
+        let first = batches(set.clone(), identity(), eval, 0)
+            .next()
+            .unwrap()
+            .unwrap();
         assert_eq!(first.images[..4], [0.0, 1.0, 2.0, 3.0]);
         assert_eq!(first.labels, [0, 1, 2, 0]);
 
@@ -213,10 +256,30 @@ mod tests {
             ..eval
         };
         let sizes: Vec<usize> = batches(set, identity(), train, 0)
-            .map(|b| b.shape[0])
+            .map(|b| b.unwrap().shape[0])
             .collect();
         assert_eq!(sizes, [4, 4]);
         assert_eq!(batch_count(10, &train), 2);
+    }
+
+    #[test]
+    fn a_dead_worker_is_an_error_not_the_end_of_the_data() {
+        let set = ramp_set(10);
+        let wrong_channels = Normalization {
+            mean: vec![],
+            std: vec![],
+        };
+        let plan = BatchPlan {
+            batch_size: 4,
+            shuffle: false,
+            drop_last: false,
+            augmentation: None,
+            seed: 0,
+        };
+        let outcomes: Vec<_> = batches(set, wrong_channels, plan, 0).collect();
+        assert_eq!(outcomes.len(), 1);
+        let error = outcomes[0].as_ref().unwrap_err().to_string();
+        assert!(error.contains("batch worker failed"), "{error}");
     }
 
     #[test]
@@ -235,6 +298,7 @@ mod tests {
         let run = |epoch| {
             batches(set.clone(), identity(), plan, epoch)
                 .next()
+                .unwrap()
                 .unwrap()
         };
         assert_eq!(run(0), run(0));

@@ -33,6 +33,9 @@ pub enum DataError {
         /// What is wrong.
         problem: String,
     },
+    /// Preparing batches failed, so a pass over the data would be incomplete.
+    #[error("{0}")]
+    Batching(String),
 }
 
 impl DataError {

@@ -89,6 +89,13 @@ impl DataSource {
     /// A source from a name (`fashion-mnist`, `mnist`, `cifar10`, `cifar100`, `image-folder`) and an
     /// optional folder (for `image-folder`, the folder holding `train/` and `test/`).
     pub fn from_name(name: &str, root: Option<PathBuf>) -> Result<Self, String> {
+        // Recorded absolute, so that a run can be evaluated from any working directory.
+        let root = root
+            .map(|root| {
+                std::path::absolute(&root)
+                    .map_err(|e| format!("{}: cannot resolve the folder: {e}", root.display()))
+            })
+            .transpose()?;
         let need = |root: Option<PathBuf>| root.ok_or(format!("data set '{name}' needs a folder"));
         Ok(match name {
             "fashion-mnist" => Self::FashionMnist { root },
@@ -109,6 +116,22 @@ impl DataSource {
                 ));
             }
         })
+    }
+}
+
+impl DataSource {
+    /// The file or folder the data comes from, for error messages.
+    pub fn origin(&self) -> PathBuf {
+        match self {
+            Self::FashionMnist { root: Some(root) }
+            | Self::Mnist { root }
+            | Self::Cifar10 { root }
+            | Self::Cifar100 { root } => root.clone(),
+            Self::FashionMnist { root: None } | Self::FashionMnistSubset => {
+                PathBuf::from("<fashion-mnist>")
+            }
+            Self::ImageFolder { train, .. } => train.clone(),
+        }
     }
 }
 
@@ -206,6 +229,15 @@ pub fn load_splits(
             )
         }
     };
+    let [_, h, w] = train.shape;
+    if h != w {
+        return Err(DataError::malformed(
+            source.origin(),
+            format!(
+                "images are {h}x{w} (height x width); lacoot's models take square images, so resize or crop them to one side first"
+            ),
+        ));
+    }
     let (train, validation) = hold_out(&train, validation_fraction, seed);
     Ok(Splits {
         train,

@@ -56,6 +56,18 @@ pub enum StemKind {
     Imagenet,
 }
 
+/// The widest network lacoot builds, as a multiple of the architecture's full width: wider ones
+/// do not fit in memory.
+const MAX_WIDTH_FACTOR: usize = 16;
+/// The smallest input side every architecture handles (Swin-T's 4x4 patches).
+const MIN_INPUT_SIZE: usize = 4;
+/// The largest input side (beyond it, feature maps no longer fit in memory).
+const MAX_INPUT_SIZE: usize = 4096;
+/// The most input channels.
+const MAX_CHANNELS: usize = 64;
+/// The most classes.
+const MAX_CLASSES: usize = 100_000;
+
 /// Everything needed to rebuild a network: architecture, width, options and the input it was built
 /// for.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -121,13 +133,45 @@ impl ModelSpec {
             Some("depthwise removal units exist in MobileNetV2 only")
         } else if self.pairing == FeaturePairing::MlpBranch && arch != Architecture::SwinT {
             Some("the MLP-branch pairing exists in Swin-T only")
-        } else if self.width == 0 {
-            Some("width must be positive")
         } else {
             None
         };
-        match problem {
-            Some(problem) => Err(ModelError::InvalidConfig(problem.into())),
+        if let Some(problem) = problem {
+            return Err(ModelError::InvalidConfig(problem.into()));
+        }
+        let max_width = MAX_WIDTH_FACTOR * arch.default_width();
+        let limits = [
+            (
+                !(1..=max_width).contains(&self.width),
+                format!(
+                    "width must be between 1 and {max_width} ({MAX_WIDTH_FACTOR}x the full width), not {}",
+                    self.width
+                ),
+            ),
+            (
+                !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&self.input_size),
+                format!(
+                    "input size must be between {MIN_INPUT_SIZE} and {MAX_INPUT_SIZE} pixels, not {}",
+                    self.input_size
+                ),
+            ),
+            (
+                !(1..=MAX_CHANNELS).contains(&self.in_channels),
+                format!(
+                    "input channels must be between 1 and {MAX_CHANNELS}, not {}",
+                    self.in_channels
+                ),
+            ),
+            (
+                !(2..=MAX_CLASSES).contains(&self.num_classes),
+                format!(
+                    "classes must be between 2 and {MAX_CLASSES}, not {}",
+                    self.num_classes
+                ),
+            ),
+        ];
+        match limits.into_iter().find(|(bad, _)| *bad) {
+            Some((_, problem)) => Err(ModelError::InvalidConfig(problem)),
             None => Ok(()),
         }
     }
@@ -181,5 +225,40 @@ impl ModelSpec {
         };
         network.remove_blocks(&self.removed_blocks)?;
         Ok(network)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Tensor;
+
+    use super::*;
+    use crate::device::default_device;
+
+    #[test]
+    fn every_architecture_runs_at_the_smallest_input_and_refuses_smaller() {
+        for (architecture, width) in [
+            (Architecture::Resnet18, 4),
+            (Architecture::Resnet34, 4),
+            (Architecture::Mobilenetv2, 8),
+            (Architecture::Mobilenetv2Cifar, 8),
+            (Architecture::SwinT, 6),
+        ] {
+            let spec = ModelSpec {
+                width,
+                ..ModelSpec::new(architecture, 2, MIN_INPUT_SIZE, 3)
+            };
+            let network = spec.build(&default_device()).unwrap();
+            let logits = network.forward(Tensor::zeros(
+                [2, 2, MIN_INPUT_SIZE, MIN_INPUT_SIZE],
+                &default_device(),
+            ));
+            assert_eq!(logits.dims(), [2, 3], "{architecture:?}");
+            let tiny = ModelSpec {
+                input_size: MIN_INPUT_SIZE - 1,
+                ..spec
+            };
+            assert!(tiny.build(&default_device()).is_err(), "{architecture:?}");
+        }
     }
 }

@@ -64,7 +64,11 @@ pub fn load_torch_weights<M: Module + ModuleSnapshot>(
     };
     if !result.errors.is_empty() {
         let details: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        return Err(error(details.join("; ")));
+        return Err(error(format!(
+            "{} tensors do not fit: {}",
+            details.len(),
+            abbreviated(&details)
+        )));
     }
     let report = LoadReport {
         applied: result.applied.len(),
@@ -97,8 +101,9 @@ pub fn load_torch_weights<M: Module + ModuleSnapshot>(
     Ok(report)
 }
 
-/// The first few keys of a list, then how many more there are.
-fn abbreviated(keys: &[String]) -> String {
+/// The first few keys of a list, then how many more there are (error messages stay one short
+/// line however many keys differ).
+pub fn abbreviated(keys: &[String]) -> String {
     const SHOWN: usize = 8;
     let mut text = keys[..keys.len().min(SHOWN)].join(", ");
     if keys.len() > SHOWN {

@@ -147,6 +147,9 @@ impl DirectionSampler {
         if count == 0 || dim == 0 {
             return Err(OtError::EmptyDirections { count, dim });
         }
+        if count.saturating_mul(dim) > super::MAX_DIRECTION_ELEMENTS {
+            return Err(OtError::TooManyDirections { count, dim });
+        }
         let draw_seed = mix(self.seed, self.draws);
         self.draws += 1;
         let (data, scales) = match dtype {
@@ -223,7 +226,7 @@ fn gaussian_columns<T: SampledReal + burn::tensor::Element>(
     let len = dim * count;
     let block_len = ROWS_PER_STREAM * count;
     let mut out = Vec::with_capacity(len);
-    let squared_norms = out.spare_capacity_mut()[..len]
+    let block_squares: Vec<Vec<f64>> = out.spare_capacity_mut()[..len]
         .par_chunks_mut(block_len)
         .enumerate()
         .map(|(block, chunk)| {
@@ -234,11 +237,15 @@ fn gaussian_columns<T: SampledReal + burn::tensor::Element>(
             T::add_column_squares(gaussian, &mut squares);
             squares
         })
-        .reduce_with(|mut total, part| {
-            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
-            total
-        })
-        .expect("at least one block");
+        .collect();
+    // Added in block order, so the norms do not depend on how the blocks were spread over threads.
+    let mut squared_norms = vec![0.0f64; count];
+    for squares in &block_squares {
+        squared_norms
+            .iter_mut()
+            .zip(squares)
+            .for_each(|(t, p)| *t += p);
+    }
     // SAFETY: every one of the first `len` elements was written just above (the blocks cover them).
     unsafe { out.set_len(len) };
     let scales = squared_norms.iter().map(|s| s.sqrt().recip()).collect();

@@ -31,6 +31,13 @@ pub use sliced::{
 /// default).
 pub const DEFAULT_NUM_PROJECTIONS: usize = 50;
 
+/// The most directions a distance may draw (beyond this, the `[d, L]` matrix of any real feature
+/// map no longer fits in memory).
+pub const MAX_NUM_PROJECTIONS: usize = 100_000;
+
+/// The most elements (`d · L`) a set of directions may hold: 4 GiB of f32.
+pub const MAX_DIRECTION_ELEMENTS: usize = 1 << 30;
+
 /// The order `p` of the Wasserstein distance used when the caller does not choose.
 pub const DEFAULT_P: f64 = 2.0;
 
@@ -73,6 +80,21 @@ pub enum OtError {
         /// Their dimension.
         dim: usize,
     },
+    /// The directions would not fit in memory.
+    #[error(
+        "{count} directions of dimension {dim} need {gib:.1} GiB; use fewer directions (at most {max} elements in all)",
+        gib = (*count as f64) * (*dim as f64) * 4.0 / (1u64 << 30) as f64,
+        max = MAX_DIRECTION_ELEMENTS
+    )]
+    TooManyDirections {
+        /// Number of directions.
+        count: usize,
+        /// Their dimension.
+        dim: usize,
+    },
+    /// A cloud holds NaN or infinite values, so no distance can be computed.
+    #[error("the projected costs are not finite: a point cloud holds NaN or infinite values")]
+    NonFinite,
     /// A user-given direction is not a unit vector.
     #[error("projection direction {index} has norm {norm}; directions must be unit vectors")]
     NotUnitDirection {

@@ -195,9 +195,9 @@ fn project_on(points: Tensor<2>, columns: Tensor<2>, scales: Option<&[f64]>) -> 
 }
 
 /// The values of [`costs_along`], computed on the host without a graph: each direction's two
-/// columns (times its scale, if given) sorted and matched in f64, the directions in parallel. Both distances report these
-/// values (so they agree exactly when given the same single direction); the graphs only carry
-/// gradients.
+/// columns (times its scale, if given) sorted and matched in f64, the directions in parallel. Both
+/// distances report these values (so they agree exactly when given the same single direction); the
+/// graphs only carry gradients. A cost that is not finite (a cloud with NaN or infinity) is an error.
 fn host_costs(
     x_projected: Tensor<2>,
     y_projected: Tensor<2>,
@@ -217,10 +217,14 @@ fn host_costs(
         let scale = scales.map_or(1.0, |scales| scales[l]);
         sorted_ascending(values.iter().skip(l).step_by(count).map(|v| v * scale))
     };
-    Ok((0..count)
+    let costs: Vec<f64> = (0..count)
         .into_par_iter()
         .map(|l| coupling.cost(&sorted_column(&xs, l), &sorted_column(&ys, l), p))
-        .collect())
+        .collect();
+    if costs.iter().any(|c| !c.is_finite()) {
+        return Err(OtError::NonFinite);
+    }
+    Ok(costs)
 }
 
 /// The values in ascending order (IEEE 754 total order, as `f64::total_cmp`), sorted as integer keys:

@@ -18,15 +18,21 @@ pub fn collapse_markdown(report: &CollapseReport) -> String {
     let _ = writeln!(out, "# Collapse of `{}`\n", report.run.display());
     let _ = writeln!(
         out,
-        "Criterion `{:?}`, removable blocks `{:?}`, budget: accuracy drop ≤ {} points{}. Data: {}. No finetuning.\n",
+        "Criterion `{:?}`, removable blocks `{:?}`, budget: {} accuracy drop ≤ {} points{}. Data: {}. No finetuning.\n",
         s.criterion,
         s.blocks,
+        report.selection_split,
         s.max_drop,
         s.target_macs.map_or(String::new(), |t| format!(
             ", MACs ≤ {:.2} M",
             t as f64 / 1e6
         )),
         report.data
+    );
+    let _ = writeln!(
+        out,
+        "Blocks are scored and the chosen step is decided on the **{}** split ({} images); the **test** split ({} images) is only reported. Latency: median of {} interleaved rounds (every network once per round), interquartile range in brackets; `≈` marks a step whose batch-64 latency is within the noise of the previous step's.\n",
+        report.selection_split, report.split_images[0], report.split_images[1], s.latency.repeats
     );
     out.push_str(&collapse_table(report));
     if !report.scores.is_empty() {
@@ -46,10 +52,14 @@ pub fn collapse_markdown(report: &CollapseReport) -> String {
     let chosen = &report.steps[report.chosen];
     let _ = writeln!(
         out,
-        "\nChosen: {} block(s) removed: {:.2} % test accuracy ({:+.2} points), {:.2} M MACs (÷{:.2}), measured speed-up ×{:.2} at batch 1 and ×{:.2} at batch 64.",
+        "\nChosen on {} accuracy: {} block(s) removed: {:.2} % {} accuracy ({:+.2} points), {:.2} % test accuracy ({:+.2} points), {:.2} M MACs (÷{:.2}), measured speed-up ×{:.2} at batch 1 and ×{:.2} at batch 64.",
+        report.selection_split,
         chosen.blocks_removed,
-        100.0 * chosen.test_accuracy,
-        -chosen.accuracy_drop_points,
+        100.0 * chosen.selection.accuracy,
+        report.selection_split,
+        -chosen.selection.drop_points,
+        100.0 * chosen.test.accuracy,
+        -chosen.test.drop_points,
         chosen.macs as f64 / 1e6,
         chosen.macs_reduction,
         chosen.speedup_batch1,
@@ -58,11 +68,16 @@ pub fn collapse_markdown(report: &CollapseReport) -> String {
     out
 }
 
-/// The step table (also what the terminal shows).
+/// The step table (also what the terminal shows): accuracy on the selection split (which decides)
+/// and on the test split (reported only), cost and measured latency.
 pub fn collapse_table(report: &CollapseReport) -> String {
-    let mut out = String::from(
-        "| removed | block | test acc. | drop (pts) | params | MACs | MACs ÷ | latency b1 | ×b1 | latency b64 | ×b64 |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    let split = match report.selection_split.as_str() {
+        "validation" => "val",
+        other => other,
+    };
+    let mut out = format!(
+        "| removed | block | {split} acc. (decides) | {split} drop | test acc. | test drop | params | MACs | MACs ÷ | latency b1 | ×b1 | latency b64 | ×b64 |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (index, step) in report.steps.iter().enumerate() {
         let marker = if index == report.chosen {
@@ -70,20 +85,31 @@ pub fn collapse_table(report: &CollapseReport) -> String {
         } else {
             ""
         };
+        let noise = if step.batch64_within_noise_of_previous {
+            "≈ "
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "| {} | {}{} | {:.2} % | {:.2} | {:.2} M | {:.2} M | {:.2} | {:.2} ms | {:.2} | {:.1} ms | {:.2} |",
+            "| {} | {}{} | {:.2} % | {:.2} | {:.2} % | {:.2} | {:.2} M | {:.2} M | {:.2} | {:.2} ms [{:.2}–{:.2}] | {:.2} | {noise}{:.1} ms [{:.1}–{:.1}] | {:.2} |",
             step.blocks_removed,
             step.removed_block.as_deref().unwrap_or("(full)"),
             marker,
-            100.0 * step.test_accuracy,
-            step.accuracy_drop_points,
+            100.0 * step.selection.accuracy,
+            step.selection.drop_points,
+            100.0 * step.test.accuracy,
+            step.test.drop_points,
             step.parameters as f64 / 1e6,
             step.macs as f64 / 1e6,
             step.macs_reduction,
-            step.latency_batch1_ms,
+            step.latency_batch1.median_ms,
+            step.latency_batch1.q1_ms,
+            step.latency_batch1.q3_ms,
             step.speedup_batch1,
-            step.latency_batch64_ms,
+            step.latency_batch64.median_ms,
+            step.latency_batch64.q1_ms,
+            step.latency_batch64.q3_ms,
             step.speedup_batch64
         );
     }

@@ -37,52 +37,64 @@ pub enum PlotError {
     Io(#[from] std::io::Error),
 }
 
-/// One series to plot: x values, test accuracy in percent, and the chosen index.
+/// One plot: x values, accuracy curves in percent (the selection split's first, then the test
+/// split's), and the chosen index.
 struct Series<'a> {
     title: &'a str,
     x_label: &'a str,
     /// Whether x counts something (ticks only at whole numbers, labelled without decimals).
     integer_x: bool,
-    points: Vec<(f64, f64)>,
+    xs: Vec<f64>,
+    curves: Vec<(String, Vec<f64>)>,
     chosen: usize,
 }
 
-/// Writes `accuracy_vs_blocks.{svg,png}` and `accuracy_vs_macs.{svg,png}` into `dir`.
+/// Writes `accuracy_vs_blocks.{svg,png}` and `accuracy_vs_macs.{svg,png}` into `dir`: accuracy on
+/// the selection split (which decides) and on the test split (reported), the chosen step marked.
 pub fn write_collapse_plots(dir: &Path, report: &CollapseReport) -> Result<(), PlotError> {
     ensure_font();
-    let accuracy: Vec<f64> = report
-        .steps
-        .iter()
-        .map(|s| 100.0 * s.test_accuracy)
-        .collect();
+    let curves = vec![
+        (
+            format!("{} (decides)", report.selection_split),
+            report
+                .steps
+                .iter()
+                .map(|s| 100.0 * s.selection.accuracy)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "test (reported)".to_string(),
+            report
+                .steps
+                .iter()
+                .map(|s| 100.0 * s.test.accuracy)
+                .collect(),
+        ),
+    ];
     let plots = [
         (
             "accuracy_vs_blocks",
             Series {
-                title: "Test accuracy as blocks are removed (no finetuning)",
+                title: "Accuracy as blocks are removed (no finetuning)",
                 x_label: "blocks removed",
                 integer_x: true,
-                points: report
+                xs: report
                     .steps
                     .iter()
-                    .zip(&accuracy)
-                    .map(|(s, &a)| (s.blocks_removed as f64, a))
+                    .map(|s| s.blocks_removed as f64)
                     .collect(),
+                curves: curves.clone(),
                 chosen: report.chosen,
             },
         ),
         (
             "accuracy_vs_macs",
             Series {
-                title: "Test accuracy against cost",
+                title: "Accuracy against cost",
                 x_label: "MACs per image (M, conv + linear + attention)",
                 integer_x: false,
-                points: report
-                    .steps
-                    .iter()
-                    .zip(&accuracy)
-                    .map(|(s, &a)| (s.macs as f64 / 1e6, a))
-                    .collect(),
+                xs: report.steps.iter().map(|s| s.macs as f64 / 1e6).collect(),
+                curves,
                 chosen: report.chosen,
             },
         ),
@@ -116,8 +128,13 @@ where
 {
     let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(error)?;
-    let (xs, ys): (Vec<f64>, Vec<f64>) = series.points.iter().copied().unzip();
-    let (x_min, x_max) = bounds(&xs, 0.0);
+    let xs = &series.xs;
+    let ys: Vec<f64> = series
+        .curves
+        .iter()
+        .flat_map(|(_, c)| c.iter().copied())
+        .collect();
+    let (x_min, x_max) = bounds(xs, 0.0);
     // At least 10 points of accuracy, so that a flat curve looks flat.
     let (y_min, y_max) = bounds(&ys, ACCURACY_SPAN);
     let mut chart = ChartBuilder::on(root)
@@ -140,26 +157,25 @@ where
         .configure_mesh()
         .x_label_formatter(&x_format)
         .x_desc(series.x_label)
-        .y_desc("test accuracy (%)")
+        .y_desc("accuracy (%)")
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(error)?;
-    let line = RGBColor(31, 119, 180);
-    chart
-        .draw_series(LineSeries::new(
-            series.points.iter().copied(),
-            line.stroke_width(2),
-        ))
-        .map_err(error)?;
-    chart
-        .draw_series(
-            series
-                .points
-                .iter()
-                .map(|&p| Circle::new(p, 4, line.filled())),
-        )
-        .map_err(error)?;
-    let chosen = series.points[series.chosen];
+    let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
+    for ((label, curve), colour) in series.curves.iter().zip(colours) {
+        let points: Vec<(f64, f64)> = xs.iter().copied().zip(curve.iter().copied()).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(error)?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new([(x - 8, y), (x + 8, y)], colour.stroke_width(2))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
+            .map_err(error)?;
+    }
+    let chosen = (xs[series.chosen], series.curves[0].1[series.chosen]);
     let highlight = RGBColor(214, 39, 40);
     chart
         .draw_series([Circle::new(chosen, 9, highlight.stroke_width(3))])

@@ -1,6 +1,9 @@
 //! Checkpoints: the model (burnpack, which keeps parameter ids for the optimiser state), the
-//! optimiser state and the trainer's state, written as a folder that replaces the previous one
-//! only once complete.
+//! optimiser state and the trainer's state, each folder with a checksum list.
+//!
+//! `checkpoints/last` and `checkpoints/best` are committed together, as one folder that replaces
+//! the previous `checkpoints/` only once complete: a crash leaves both at the previous epoch or
+//! both at the new one, never one of each.
 
 use std::path::Path;
 
@@ -8,7 +11,11 @@ use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 
-use super::TrainError;
+use super::{EpochMetrics, TrainError};
+use crate::fsutil::{
+    CHECKSUMS_FILE, recover_dir, staging_dir, swap_in_dir, verify_checksums, write_checksums,
+};
+use crate::models::weights::abbreviated;
 
 /// What the loop needs to continue exactly where it stopped.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -17,54 +24,111 @@ pub struct TrainerState {
     pub epochs_done: usize,
     /// How many direction sets the sampler has drawn.
     pub direction_draws: u64,
-    /// Best validation accuracy so far and the epoch (1-based) it was reached.
-    pub best_validation_accuracy: f64,
-    /// The epoch of the best validation accuracy.
+    /// Best validation accuracy so far; `None` before the first epoch or without a validation
+    /// split (then `best` is always the latest epoch).
+    pub best_validation_accuracy: Option<f64>,
+    /// The epoch (1-based) `checkpoints/best` holds.
     pub best_epoch: usize,
+    /// Every epoch's metrics so far: `metrics.jsonl` is rewritten from them, so a resumed run's
+    /// file never loses, repeats or keeps a cut line.
+    #[serde(default)]
+    pub history: Vec<EpochMetrics>,
+}
+
+impl TrainerState {
+    /// The state before the first epoch.
+    pub fn fresh() -> Self {
+        Self {
+            epochs_done: 0,
+            direction_draws: 0,
+            best_validation_accuracy: None,
+            best_epoch: 0,
+            history: Vec::new(),
+        }
+    }
 }
 
 const MODEL_FILE: &str = "model.bpk";
 const OPTIMIZER_FILE: &str = "optimizer.bpk";
 const STATE_FILE: &str = "state.json";
+const LAST: &str = "last";
+const BEST: &str = "best";
 
-/// Writes `dir` (e.g. `checkpoints/last`) atomically: into `dir.tmp`, then swapped in.
-pub(crate) fn save<M: Module + ModuleSnapshot>(
-    dir: &Path,
+/// Commits one epoch into `checkpoints` (the run's `checkpoints/` folder): `last` with the model,
+/// optimiser and state; `best` with the model and state when `improved`, else the previous `best`
+/// kept (hard-linked, not copied, where the file system allows).
+pub(crate) fn commit_epoch<M: Module + ModuleSnapshot>(
+    checkpoints: &Path,
     model: &M,
-    optimizer: Option<&ModuleOptimizer>,
+    optimizer: &ModuleOptimizer,
     state: &TrainerState,
+    improved: bool,
 ) -> Result<(), TrainError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TrainError::Io { path, source }
     };
-    let staging = crate::fsutil::staging_dir(dir).map_err(io(dir))?;
-    let mut store = BurnpackStore::from_file(staging.join(MODEL_FILE))
+    recover_dir(checkpoints).map_err(io(checkpoints))?;
+    let staging = staging_dir(checkpoints).map_err(io(checkpoints))?;
+    let last = staging.join(LAST);
+    std::fs::create_dir(&last).map_err(io(&last))?;
+    let mut store = BurnpackStore::from_file(last.join(MODEL_FILE))
         .auto_extension(false)
         .overwrite(true);
     model
         .save_into(&mut store)
-        .map_err(|e| TrainError::Checkpoint(staging.clone(), e.to_string()))?;
-    if let Some(optimizer) = optimizer {
-        optimizer
-            .save(staging.join(OPTIMIZER_FILE))
-            .map_err(|e| TrainError::Checkpoint(staging.clone(), e.to_string()))?;
-    }
+        .map_err(|e| TrainError::Checkpoint(last.clone(), e.to_string()))?;
+    optimizer
+        .save(last.join(OPTIMIZER_FILE))
+        .map_err(|e| TrainError::Checkpoint(last.clone(), e.to_string()))?;
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    std::fs::write(staging.join(STATE_FILE), json).map_err(io(&staging))?;
-    crate::fsutil::swap_in_dir(&staging, dir).map_err(io(dir))?;
-    Ok(())
+    std::fs::write(last.join(STATE_FILE), json).map_err(io(&last))?;
+    write_checksums(&last, &[MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]).map_err(io(&last))?;
+
+    let best = staging.join(BEST);
+    std::fs::create_dir(&best).map_err(io(&best))?;
+    let (source, files): (_, &[&str]) = if improved {
+        (last.clone(), &[MODEL_FILE, STATE_FILE])
+    } else {
+        (
+            checkpoints.join(BEST),
+            &[MODEL_FILE, STATE_FILE, CHECKSUMS_FILE],
+        )
+    };
+    for name in files {
+        link_or_copy(&source.join(name), &best.join(name)).map_err(io(&best.join(name)))?;
+    }
+    if improved {
+        write_checksums(&best, &[MODEL_FILE, STATE_FILE]).map_err(io(&best))?;
+    }
+    swap_in_dir(&staging, checkpoints).map_err(io(checkpoints))
 }
 
-/// Loads the model weights of checkpoint `dir` into `model`.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
+}
+
+/// Whether `dir` holds a complete checkpoint (after repairing an interrupted commit).
+pub(crate) fn exists(dir: &Path) -> bool {
+    if let Some(checkpoints) = dir.parent() {
+        let _ = recover_dir(checkpoints);
+    }
+    dir.join(MODEL_FILE).is_file()
+}
+
+/// Loads the model weights of checkpoint `dir` into `model`, after checking the files' checksums.
 pub(crate) fn load_model<M: Module + ModuleSnapshot>(
     dir: &Path,
     model: &mut M,
 ) -> Result<(), TrainError> {
     let path = dir.join(MODEL_FILE);
-    if !path.is_file() {
-        return Err(TrainError::Checkpoint(path, "no such checkpoint".into()));
+    if !exists(dir) {
+        return Err(TrainError::Checkpoint(
+            path,
+            "no such checkpoint (the run has not finished an epoch yet)".into(),
+        ));
     }
+    verify_checksums(dir).map_err(|problem| TrainError::Checkpoint(dir.to_path_buf(), problem))?;
     let mut store = BurnpackStore::from_file(&path).auto_extension(false);
     let result = model
         .load_from(&mut store)
@@ -73,13 +137,37 @@ pub(crate) fn load_model<M: Module + ModuleSnapshot>(
         return Err(TrainError::Checkpoint(
             path,
             format!(
-                "does not match the run's model (missing: {:?}, errors: {})",
-                result.missing,
-                result.errors.len()
+                "does not match the run's model: {} missing tensors [{}], {} that do not fit [{}]",
+                result.missing.len(),
+                abbreviated(
+                    &result
+                        .missing
+                        .iter()
+                        .map(|(k, _)| k.clone())
+                        .collect::<Vec<_>>()
+                ),
+                result.errors.len(),
+                abbreviated(
+                    &result
+                        .errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                )
             ),
         ));
     }
     Ok(())
+}
+
+/// Loads the trainer state of checkpoint `dir` (checksums checked by [`load_model`]).
+pub(crate) fn load_state(dir: &Path) -> Result<TrainerState, TrainError> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|source| TrainError::Io {
+        path: state_path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(state_path, e.to_string()))
 }
 
 /// Loads the optimiser state and trainer state of checkpoint `dir`.
@@ -91,12 +179,5 @@ pub(crate) fn load_training_state(
     let optimizer = optimizer
         .load(&optimizer_path)
         .map_err(|e| TrainError::Checkpoint(optimizer_path, e.to_string()))?;
-    let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(|source| TrainError::Io {
-        path: state_path.clone(),
-        source,
-    })?;
-    let state = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint(state_path, e.to_string()))?;
-    Ok((optimizer, state))
+    Ok((optimizer, load_state(dir)?))
 }

@@ -129,32 +129,81 @@ impl TrainConfig {
         self.learning_rate * self.gamma.powi(passed as i32)
     }
 
-    /// Checks the settings that would otherwise fail late.
+    /// Checks every setting before anything is read or written: the first problem, naming its
+    /// command-line flag. Image-dependent limits (crop padding) are checked once the data is read.
     pub fn validate(&self) -> Result<(), String> {
+        let finite = |v: f64| v.is_finite();
+        let milestones_ok = self
+            .milestones
+            .iter()
+            .all(|m| finite(*m) && (0.0..=1.0).contains(m))
+            && self.milestones.windows(2).all(|w| w[0] < w[1]);
         let problems = [
-            (self.epochs == 0, "epochs must be positive"),
+            (self.epochs == 0, "--epochs must be at least 1".to_string()),
             (
                 self.batch_size < 2,
-                "batch size must be at least 2 (a point cloud)",
+                "--batch-size must be at least 2 (a point cloud)".to_string(),
             ),
             (
-                self.learning_rate.is_nan() || self.learning_rate <= 0.0,
-                "learning rate must be positive",
+                !(finite(self.learning_rate) && self.learning_rate > 0.0),
+                format!(
+                    "--lr must be a finite number > 0, not {}",
+                    self.learning_rate
+                ),
             ),
             (
-                self.lambda < 0.0 || !self.lambda.is_finite(),
-                "lambda must be >= 0",
+                !(finite(self.momentum) && (0.0..1.0).contains(&self.momentum)),
+                format!("--momentum must be in [0, 1), not {}", self.momentum),
             ),
-            (self.num_projections == 0, "need at least one projection"),
-            (self.p.is_nan() || self.p < 1.0, "p must be >= 1"),
             (
-                !(0.0..1.0).contains(&self.validation_fraction),
-                "validation fraction must be in [0, 1)",
+                !(finite(self.weight_decay) && self.weight_decay >= 0.0),
+                format!(
+                    "--weight-decay must be a finite number >= 0, not {}",
+                    self.weight_decay
+                ),
             ),
-            (self.width == Some(0), "width must be positive"),
+            (
+                !milestones_ok,
+                format!(
+                    "--milestones must be increasing fractions of the epochs in [0, 1], not {:?}",
+                    self.milestones
+                ),
+            ),
+            (
+                !(finite(self.gamma) && self.gamma > 0.0 && self.gamma <= 1.0),
+                format!("--gamma must be in (0, 1], not {}", self.gamma),
+            ),
+            (
+                !(finite(self.lambda) && self.lambda >= 0.0),
+                format!("--lambda must be a finite number >= 0, not {}", self.lambda),
+            ),
+            (
+                !(1..=crate::ot::MAX_NUM_PROJECTIONS).contains(&self.num_projections),
+                format!(
+                    "--num-projections must be between 1 and {}, not {}",
+                    crate::ot::MAX_NUM_PROJECTIONS,
+                    self.num_projections
+                ),
+            ),
+            (
+                !(finite(self.p) && self.p >= 1.0),
+                format!("--p must be a finite number >= 1, not {}", self.p),
+            ),
+            (
+                !(finite(self.validation_fraction)
+                    && (0.0..1.0).contains(&self.validation_fraction)),
+                format!(
+                    "--validation-fraction must be in [0, 1), not {}",
+                    self.validation_fraction
+                ),
+            ),
+            (
+                self.width == Some(0),
+                "--width must be at least 1".to_string(),
+            ),
         ];
-        match problems.iter().find(|(bad, _)| *bad) {
-            Some((_, problem)) => Err(problem.to_string()),
+        match problems.into_iter().find(|(bad, _)| *bad) {
+            Some((_, problem)) => Err(problem),
             None => Ok(()),
         }
     }
@@ -176,6 +225,88 @@ mod tests {
             batch_size: 1,
             ..TrainConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("batch size"));
+        assert!(bad.validate().unwrap_err().contains("--batch-size"));
+        let nonsense = [
+            TrainConfig {
+                learning_rate: f64::INFINITY,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                learning_rate: 0.0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                momentum: f64::NAN,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                momentum: -1.0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                weight_decay: f64::NAN,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                weight_decay: -1e-4,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                milestones: vec![f64::NAN],
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                milestones: vec![0.75, 0.5],
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                milestones: vec![1.5],
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                gamma: -1.0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                lambda: f64::NAN,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                num_projections: 0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                num_projections: 10_000_000,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                p: f64::INFINITY,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                p: 0.5,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                validation_fraction: 1.0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                validation_fraction: f64::NAN,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                width: Some(0),
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                epochs: 0,
+                ..TrainConfig::default()
+            },
+        ];
+        for config in nonsense {
+            let problem = config.validate().unwrap_err();
+            assert!(problem.starts_with("--"), "{problem}");
+        }
     }
 }

@@ -9,7 +9,6 @@ pub mod checkpoint;
 mod config;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,10 +60,8 @@ pub enum TrainError {
     /// A checkpoint or run record is missing or does not fit.
     #[error("{0}: {1}")]
     Checkpoint(PathBuf, String),
-    /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error(
-        "the loss became {value} at epoch {epoch}, batch {batch}; stopped, the last good checkpoint is kept (try a smaller learning rate or lambda)"
-    )]
+    /// The loss became NaN or infinite.
+    #[error("the loss became {value} at epoch {epoch}, batch {batch}; stopped. {kept}")]
     NonFiniteLoss {
         /// 1-based epoch.
         epoch: usize,
@@ -72,7 +69,34 @@ pub enum TrainError {
         batch: usize,
         /// The offending value.
         value: f64,
+        /// What was kept, and what the user may try.
+        kept: String,
     },
+    /// The run folder already holds a run and the caller did not ask to resume or replace it.
+    #[error(
+        "{path} already holds a run ({epochs} epochs done); continue it with --resume, or replace it with --force"
+    )]
+    RunExists {
+        /// The run folder.
+        path: PathBuf,
+        /// Epochs its last checkpoint holds.
+        epochs: usize,
+    },
+    /// The data read now is not the data recorded with the run, or does not fit the model.
+    #[error("{0}")]
+    DataMismatch(String),
+}
+
+/// What [`train`] does with the run folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStart {
+    /// Start a new run; an error if the folder already holds one.
+    New,
+    /// Continue from the last checkpoint (from the start if no epoch finished yet); only `epochs`
+    /// may differ from the recorded settings, and a change is recorded.
+    Resume,
+    /// Delete the run the folder holds (config, metrics, checkpoints), then start anew.
+    Replace,
 }
 
 /// The record of a run in `config.json`.
@@ -90,6 +114,47 @@ pub struct RunRecord {
     pub split_sizes: [usize; 3],
     /// The lacoot version and git revision that trained.
     pub lacoot_version: String,
+    /// Settings changed on resume, oldest first (e.g. `epochs 10 -> 20 after epoch 10`).
+    #[serde(default)]
+    pub changes: Vec<String>,
+}
+
+impl RunRecord {
+    /// Checks that `splits` are the data recorded with the run (same copy, same split sizes) and fit
+    /// its model.
+    pub fn check_data(&self, splits: &Splits) -> Result<(), TrainError> {
+        let sizes = [
+            splits.train.len(),
+            splits.validation.len(),
+            splits.test.len(),
+        ];
+        if splits.description != self.data_description || sizes != self.split_sizes {
+            return Err(TrainError::DataMismatch(format!(
+                "the data read now ({}, splits {sizes:?}) is not the data the run recorded ({}, splits {:?}); evaluate on other data explicitly with --data",
+                splits.description, self.data_description, self.split_sizes
+            )));
+        }
+        check_fit(&self.model, &splits.test, &splits.description)
+    }
+}
+
+/// Checks that the images of `set` (from `description`) fit `model`: channels, size and classes.
+pub fn check_fit(model: &ModelSpec, set: &ImageSet, description: &str) -> Result<(), TrainError> {
+    let expected = [model.in_channels, model.input_size, model.input_size];
+    if set.shape != expected {
+        return Err(TrainError::DataMismatch(format!(
+            "{description}: images are {}x{}x{} (channels x height x width) but the model takes {}x{}x{}",
+            set.shape[0], set.shape[1], set.shape[2], expected[0], expected[1], expected[2]
+        )));
+    }
+    if set.num_classes() != model.num_classes {
+        return Err(TrainError::DataMismatch(format!(
+            "{description}: {} classes but the model has {}",
+            set.num_classes(),
+            model.num_classes
+        )));
+    }
+    Ok(())
 }
 
 /// One line of `metrics.jsonl`.
@@ -109,10 +174,10 @@ pub struct EpochMetrics {
     pub block_mswd: BTreeMap<String, f64>,
     /// Training accuracy (on augmented batches, as seen during the epoch).
     pub train_accuracy: f64,
-    /// Validation accuracy.
-    pub validation_accuracy: f64,
-    /// Validation cross-entropy.
-    pub validation_loss: f64,
+    /// Validation accuracy (absent without a validation split).
+    pub validation_accuracy: Option<f64>,
+    /// Validation cross-entropy (absent without a validation split).
+    pub validation_loss: Option<f64>,
     /// Seconds the epoch took, evaluation included.
     pub seconds: f64,
     /// Training images per second.
@@ -169,13 +234,18 @@ impl RunPaths {
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
     }
+    /// The folder holding both checkpoints, committed as one.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
     /// The checkpoint after the latest epoch.
     pub fn last(&self) -> PathBuf {
-        self.root.join("checkpoints").join("last")
+        self.checkpoints().join("last")
     }
-    /// The checkpoint with the best validation accuracy.
+    /// The checkpoint with the best validation accuracy (the latest epoch without a validation
+    /// split).
     pub fn best(&self) -> PathBuf {
-        self.root.join("checkpoints").join("best")
+        self.checkpoints().join("best")
     }
 
     /// Reads the run's `config.json`.
@@ -198,8 +268,11 @@ pub struct TrainSummary {
     pub state: TrainerState,
 }
 
-/// Trains the model described by `config` into `run`; with `resume`, continues from the run's last
-/// checkpoint (the configuration must be the one recorded in the run).
+/// Trains the model described by `config` into `run`, starting as `start` says.
+///
+/// After every epoch, `checkpoints/` (last and best together) is committed atomically, then
+/// `metrics.jsonl` is rewritten atomically from the checkpoint's history: a crash at any moment
+/// loses at most the epoch in progress, and `--resume` repeats exactly what was lost.
 ///
 /// Initialisation, dropout and stochastic depth draw from burn's device random generator, which
 /// this function seeds from `config.seed` (again at every epoch, so that a resumed run draws what
@@ -208,16 +281,29 @@ pub struct TrainSummary {
 pub fn train(
     config: &TrainConfig,
     run: &RunPaths,
-    resume: bool,
+    start: RunStart,
     observer: &dyn TrainObserver,
 ) -> Result<TrainSummary, TrainError> {
     config.validate().map_err(TrainError::Config)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    let holds_run = run.config().exists();
+    if start == RunStart::New && holds_run {
+        return Err(TrainError::RunExists {
+            path: run.root.clone(),
+            epochs: epochs_done(run),
+        });
+    }
     let splits = load_splits(&config.data, config.validation_fraction, config.seed)?;
-    let record = run_record(config, &splits);
+    check_split_sizes(config, &splits)?;
+    let mut record = run_record(config, &splits);
     let device = autodiff_device();
     device.seed(config.seed);
     let mut model = record.model.build(&device)?;
-    if let (Some(weights), false) = (&config.init_from, resume) {
+    let resume_from_checkpoint = start == RunStart::Resume && checkpoint::exists(&run.last());
+    if let (Some(weights), false) = (&config.init_from, resume_from_checkpoint) {
         crate::models::weights::load_torch_weights(
             &mut model,
             weights,
@@ -225,32 +311,50 @@ pub fn train(
         )?;
     }
     let mut optimizer = build_optimizer(config);
-    let mut state = TrainerState {
-        epochs_done: 0,
-        direction_draws: 0,
-        best_validation_accuracy: f64::NEG_INFINITY,
-        best_epoch: 0,
-    };
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
-    };
-    if resume {
+    let mut state = TrainerState::fresh();
+    if start == RunStart::Resume {
         let recorded = run.read_record()?;
-        if recorded.config != *config {
+        record.changes = resumed_changes(&recorded, config, &splits)?;
+        if resume_from_checkpoint {
+            checkpoint::load_model(&run.last(), &mut model)?;
+            (optimizer, state) = checkpoint::load_training_state(&run.last(), optimizer)?;
+            if let Some(change) = record.changes.last_mut()
+                && recorded.config.epochs != config.epochs
+            {
+                change.push_str(&format!(" after epoch {}", state.epochs_done));
+            }
+        }
+        if state.epochs_done > config.epochs {
             return Err(TrainError::Config(format!(
-                "{} records different settings; resume with the same flags",
-                run.config().display()
+                "{} has {} epochs done, more than --epochs {}",
+                run.root.display(),
+                state.epochs_done,
+                config.epochs
             )));
         }
-        checkpoint::load_model(&run.last(), &mut model)?;
-        (optimizer, state) = checkpoint::load_training_state(&run.last(), optimizer)?;
-        truncate_metrics(&run.metrics(), state.epochs_done)?;
     } else {
+        if start == RunStart::Replace {
+            for path in [run.config(), run.metrics()] {
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                }
+            }
+            let checkpoints = run.checkpoints();
+            crate::fsutil::recover_dir(&checkpoints).map_err(io(&checkpoints))?;
+            if checkpoints.exists() {
+                std::fs::remove_dir_all(&checkpoints).map_err(io(&checkpoints))?;
+            }
+        }
         std::fs::create_dir_all(&run.root).map_err(io(&run.root))?;
-        let json = serde_json::to_vec_pretty(&record).expect("record serialises");
-        write_atomic(&run.config(), &json).map_err(io(&run.config()))?;
-        write_atomic(&run.metrics(), b"").map_err(io(&run.metrics()))?;
+    }
+    let json = serde_json::to_vec_pretty(&record)
+        .map_err(|e| TrainError::Config(format!("the settings cannot be recorded as JSON: {e}")))?;
+    write_atomic(&run.config(), &json).map_err(io(&run.config()))?;
+    write_metrics(&run.metrics(), &state.history)?;
+    if splits.validation.is_empty() {
+        tracing::warn!(
+            "no validation split (--validation-fraction 0): checkpoints/best is the latest epoch, and collapse must be told to score on the training split"
+        );
     }
 
     let regularised = regularised_blocks(&model, config.regularised_blocks);
@@ -271,7 +375,8 @@ pub fn train(
         let started = Instant::now();
         device.seed(config.seed ^ (epoch as u64 + 1).wrapping_mul(EPOCH_SEED_STEP));
         let learning_rate = config.learning_rate_at(epoch);
-        observer.epoch_started(epoch + 1, batch_count(train_set.len(), &plan));
+        let planned_batches = batch_count(train_set.len(), &plan);
+        observer.epoch_started(epoch + 1, planned_batches);
         let mut totals = EpochTotals::default();
         let epoch_batches = batches(
             train_set.clone(),
@@ -280,7 +385,7 @@ pub fn train(
             epoch as u64,
         );
         for (index, batch) in epoch_batches.enumerate() {
-            let (images, labels) = batch.to_tensors(&device);
+            let (images, labels) = batch?.to_tensors(&device);
             let outcome;
             (model, outcome) = step.run(model, &mut optimizer, images, labels, learning_rate)?;
             if !outcome.loss.is_finite() {
@@ -288,38 +393,51 @@ pub fn train(
                     epoch: epoch + 1,
                     batch: index,
                     value: outcome.loss,
+                    kept: non_finite_advice(state.epochs_done, config, &outcome),
                 });
             }
             observer.batch_done(outcome.loss, outcome.images);
             totals.add(outcome);
         }
-        let validation = evaluate(
-            &model.valid(),
-            &validation_set,
-            &record.normalization,
-            config.batch_size,
-        );
+        if totals.batches != planned_batches {
+            return Err(TrainError::Data(crate::data::DataError::Batching(format!(
+                "epoch {} trained on {} of {planned_batches} batches",
+                epoch + 1,
+                totals.batches
+            ))));
+        }
+        let validation = if validation_set.is_empty() {
+            None
+        } else {
+            Some(evaluate(
+                &model.valid(),
+                &validation_set,
+                &record.normalization,
+                config.batch_size,
+            )?)
+        };
         state.epochs_done = epoch + 1;
         state.direction_draws = step.direction_draws();
         let metrics = totals.finish(
             epoch + 1,
             learning_rate,
-            &validation,
+            validation.as_ref(),
             started.elapsed().as_secs_f64(),
         );
-        append_metrics(&run.metrics(), &metrics)?;
-        let improved = validation.accuracy > state.best_validation_accuracy;
+        let improved = match (validation, state.best_validation_accuracy) {
+            (None, _) | (Some(_), None) => true,
+            (Some(v), Some(best)) => v.accuracy > best,
+        };
         if improved {
-            state.best_validation_accuracy = validation.accuracy;
+            state.best_validation_accuracy = validation.map(|v| v.accuracy);
             state.best_epoch = epoch + 1;
         }
-        checkpoint::save(&run.last(), &model, Some(&optimizer), &state)?;
-        if improved {
-            checkpoint::save(&run.best(), &model, None, &state)?;
-        }
+        state.history.push(metrics.clone());
+        checkpoint::commit_epoch(&run.checkpoints(), &model, &optimizer, &state, improved)?;
+        write_metrics(&run.metrics(), &state.history)?;
         tracing::info!(
             epoch = epoch + 1,
-            validation_accuracy = validation.accuracy,
+            validation_accuracy = ?validation.map(|v| v.accuracy),
             "epoch done"
         );
         observer.epoch_done(&metrics);
@@ -460,7 +578,118 @@ fn run_record(config: &TrainConfig, splits: &Splits) -> RunRecord {
             env!("CARGO_PKG_VERSION"),
             env!("LACOOT_GIT_REVISION")
         ),
+        changes: Vec::new(),
     }
+}
+
+/// Epochs the run in `run` has finished (0 without a checkpoint).
+pub fn epochs_done(run: &RunPaths) -> usize {
+    checkpoint::load_state(&run.last()).map_or(0, |s| s.epochs_done)
+}
+
+/// Training needs at least one full batch, and images in every class it learns.
+fn check_split_sizes(config: &TrainConfig, splits: &Splits) -> Result<(), TrainError> {
+    let train = splits.train.len();
+    if train < config.batch_size {
+        return Err(TrainError::Config(format!(
+            "--batch-size {} is larger than the training split ({train} images of {}, after holding out {} for validation): no training step would run",
+            config.batch_size,
+            splits.description,
+            splits.validation.len()
+        )));
+    }
+    let side = splits.train.shape[1];
+    if let Some(augmentation) = config.augmentation
+        && augmentation.crop_padding > side
+    {
+        return Err(TrainError::Config(format!(
+            "--crop-padding {} is larger than the {side}-pixel images",
+            augmentation.crop_padding
+        )));
+    }
+    if splits.test.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: the test split is empty",
+            splits.description
+        )));
+    }
+    Ok(())
+}
+
+/// The settings a resume may change (only `epochs`), as lines to record; an error naming every
+/// other difference from the recorded run, and when the data read now is not the recorded data.
+fn resumed_changes(
+    recorded: &RunRecord,
+    config: &TrainConfig,
+    splits: &Splits,
+) -> Result<Vec<String>, TrainError> {
+    let comparable = TrainConfig {
+        epochs: recorded.config.epochs,
+        ..config.clone()
+    };
+    if comparable != recorded.config {
+        let ours = serde_json::to_value(&comparable).expect("config serialises");
+        let theirs = serde_json::to_value(&recorded.config).expect("config serialises");
+        let differing: Vec<String> = ours
+            .as_object()
+            .expect("an object")
+            .iter()
+            .filter(|(key, value)| theirs.get(key.as_str()) != Some(value))
+            .map(|(key, value)| {
+                format!(
+                    "{key} {} (recorded {})",
+                    value,
+                    theirs.get(key.as_str()).unwrap_or(&serde_json::Value::Null)
+                )
+            })
+            .collect();
+        return Err(TrainError::Config(format!(
+            "resume keeps the recorded settings (only --epochs may change); these differ: {}",
+            differing.join(", ")
+        )));
+    }
+    let mut changes = recorded.changes.clone();
+    if recorded.config.epochs != config.epochs {
+        changes.push(format!(
+            "epochs {} -> {}",
+            recorded.config.epochs, config.epochs
+        ));
+    }
+    let data_now = run_record(config, splits);
+    if data_now.data_description != recorded.data_description
+        || data_now.split_sizes != recorded.split_sizes
+        || data_now.model != recorded.model
+    {
+        return Err(TrainError::DataMismatch(format!(
+            "the data read now ({}, splits {:?}) is not the data the run was trained on ({}, splits {:?})",
+            data_now.data_description,
+            data_now.split_sizes,
+            recorded.data_description,
+            recorded.split_sizes
+        )));
+    }
+    Ok(changes)
+}
+
+/// What a non-finite loss leaves behind, and the likely causes given the step's parts.
+fn non_finite_advice(epochs_done: usize, config: &TrainConfig, outcome: &StepOutcome) -> String {
+    let kept = if epochs_done == 0 {
+        "No epoch had finished, so no checkpoint was written.".to_string()
+    } else {
+        format!("checkpoints/last holds epoch {epochs_done}.")
+    };
+    let cause = if !outcome.cross_entropy.is_finite() {
+        format!(
+            "The cross-entropy diverged: try a smaller --lr (now {}).",
+            config.learning_rate
+        )
+    } else {
+        format!(
+            "The regulariser diverged: try a smaller --lambda (now {}).",
+            config.lambda
+        )
+    };
+    format!("{kept} {cause}")
 }
 
 /// The optimiser `config` asks for.
@@ -496,13 +725,14 @@ pub fn regularised_blocks<N: BlockNetwork>(
     }
 }
 
-/// Accuracy and mean cross-entropy of `model` (in eval mode) on every image of `set`.
+/// Accuracy and mean cross-entropy of `model` (in eval mode) on every image of `set`; an error if
+/// the set is empty or any batch could not be prepared.
 pub fn evaluate<N: BlockNetwork>(
     model: &N,
     set: &Arc<ImageSet>,
     normalization: &Normalization,
     batch_size: usize,
-) -> Evaluation {
+) -> Result<Evaluation, crate::data::DataError> {
     let device = crate::device::default_device();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let plan = BatchPlan {
@@ -512,20 +742,32 @@ pub fn evaluate<N: BlockNetwork>(
         augmentation: None,
         seed: 0,
     };
-    let (mut right, mut loss_sum) = (0usize, 0.0);
+    if set.is_empty() {
+        return Err(crate::data::DataError::Batching(
+            "cannot evaluate on an empty split".into(),
+        ));
+    }
+    let (mut right, mut loss_sum, mut seen) = (0usize, 0.0, 0usize);
     for batch in batches(set.clone(), normalization.clone(), plan, 0) {
+        let batch = batch?;
         let (images, labels) = batch.to_tensors(&device);
         let logits = model.forward(images);
         loss_sum +=
             scalar(&loss_fn.forward(logits.clone(), labels.clone())) * batch.labels.len() as f64;
         right += correct(&logits, &labels);
+        seen += batch.labels.len();
     }
-    let images = set.len().max(1);
-    Evaluation {
-        accuracy: right as f64 / images as f64,
-        loss: loss_sum / images as f64,
-        images: set.len(),
+    if seen != set.len() {
+        return Err(crate::data::DataError::Batching(format!(
+            "evaluated {seen} of {} images",
+            set.len()
+        )));
     }
+    Ok(Evaluation {
+        accuracy: right as f64 / seen as f64,
+        loss: loss_sum / seen as f64,
+        images: seen,
+    })
 }
 
 fn scalar(tensor: &Tensor<1>) -> f64 {
@@ -571,7 +813,7 @@ impl EpochTotals {
         self,
         epoch: usize,
         learning_rate: f64,
-        validation: &Evaluation,
+        validation: Option<&Evaluation>,
         seconds: f64,
     ) -> EpochMetrics {
         let batches = self.batches.max(1) as f64;
@@ -587,39 +829,22 @@ impl EpochTotals {
                 .map(|(k, (sum, n))| (k, sum / n.max(1) as f64))
                 .collect(),
             train_accuracy: self.correct as f64 / self.images.max(1) as f64,
-            validation_accuracy: validation.accuracy,
-            validation_loss: validation.loss,
+            validation_accuracy: validation.map(|v| v.accuracy),
+            validation_loss: validation.map(|v| v.loss),
             seconds,
             images_per_second: self.images as f64 / seconds.max(1e-9),
         }
     }
 }
 
-fn append_metrics(path: &Path, metrics: &EpochMetrics) -> Result<(), TrainError> {
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let line = serde_json::to_string(metrics).expect("metrics serialise");
-    writeln!(file, "{line}").map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Keeps the first `epochs` lines of `metrics.jsonl` (a resumed run rewrites what came after).
-fn truncate_metrics(path: &Path, epochs: usize) -> Result<(), TrainError> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let kept: String = text
-        .lines()
-        .take(epochs)
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write_atomic(path, kept.as_bytes()).map_err(|source| TrainError::Io {
+/// Writes `metrics.jsonl` atomically: one line per epoch of `history`.
+fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
+    let mut text = String::new();
+    for metrics in history {
+        text.push_str(&serde_json::to_string(metrics).expect("metrics serialise"));
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes()).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
     })

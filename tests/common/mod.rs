@@ -6,12 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use lacoot::arrays::HostArray;
 
-/// `../shared/fixtures`, the reference data produced outside the project.
-pub fn shared_fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
-}
-
-/// `tests/fixtures`, reference data committed with the project.
+/// `tests/fixtures`, reference data committed with the project (made by `tools/make_*_fixtures.py`).
 pub fn local_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

@@ -14,10 +14,14 @@ use lacoot::train::{RegularisedBlocks, RunPaths};
 /// Remove blocks without finetuning; report accuracy, MACs and measured latency per removal.
 ///
 /// Scores every collapsible block of a trained run on its validation split, replaces the lowest
-/// scoring blocks by identity one at a time (no finetuning), and after each removal measures test
-/// accuracy and loss, parameters, MACs and real latency (batch 1 and 64, median after warm-up).
-/// The chosen network is the deepest removal whose accuracy drop stays within --max-drop points
-/// and, if given, reaches --target-macs.
+/// scoring blocks by identity one at a time (no finetuning), and after each removal measures
+/// validation and test accuracy and loss, parameters, MACs and real latency (batch 1 and 64; all
+/// networks timed in interleaved rounds, median and interquartile range).
+///
+/// Which split decides: the chosen network is the deepest removal whose VALIDATION accuracy drop
+/// stays within --max-drop points and, if given, reaches --target-macs. Test accuracy is measured
+/// and reported beside it, never used for a choice. A run trained with --validation-fraction 0 has
+/// no validation split: pass --split train to score and choose on the training split instead.
 ///
 /// Writes into RUN/collapse/: report.json (every number), report.md (the table), plots of accuracy
 /// against blocks removed and against MACs (SVG and PNG) and model/
@@ -34,11 +38,12 @@ pub struct CollapseArgs {
     #[arg(long, value_enum, default_value = "mswd")]
     criterion: Criterion,
 
-    /// The split blocks are scored on: val (held out from training) or train.
+    /// The split blocks are scored on and the budget is judged on: val (held out from training) or
+    /// train (only for runs without a validation split). Never test.
     #[arg(long, value_enum, default_value = "val")]
     split: ScoreSplit,
 
-    /// Largest acceptable test-accuracy drop, in percentage points.
+    /// Largest acceptable accuracy drop on the --split split, in percentage points (>= 0).
     #[arg(long, default_value_t = 0.5)]
     max_drop: f64,
 
@@ -63,8 +68,9 @@ pub struct CollapseArgs {
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
 
-    /// Timed forward passes per latency measurement (the median is reported).
-    #[arg(long, default_value_t = 7)]
+    /// Timed rounds per latency measurement; each round runs every network once (the median and
+    /// quartiles are reported).
+    #[arg(long, default_value_t = 9)]
     latency_repeats: usize,
 }
 

@@ -10,7 +10,7 @@ use lacoot::collapse::{
 };
 use lacoot::data::DataSource;
 use lacoot::report::publish_collapse;
-use lacoot::train::{RegularisedBlocks, RunPaths, TrainConfig, train};
+use lacoot::train::{RegularisedBlocks, RunPaths, RunStart, TrainConfig, train};
 
 use crate::collapse::with_spinner;
 use crate::train::EpochBars;
@@ -25,7 +25,7 @@ use crate::train::EpochBars;
 /// Writes OUT/baseline and OUT/lacoot (runs, each with collapse/report.md, plots and model/).
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the two runs go (replaced if they are earlier demo runs).
+    /// Where the two runs go (replaced only if an earlier demo made them).
     #[arg(long, value_name = "DIR", default_value = "runs/demo")]
     out: PathBuf,
     /// Channels of the first stage (the paper's 64 is too slow for a demo on CPU).
@@ -45,63 +45,78 @@ pub struct DemoArgs {
     seed: u64,
 }
 
-/// Trains, collapses and compares.
+/// Marks a run folder as the demo's own, so that a later demo may replace it.
+const DEMO_MARKER: &str = ".lacoot-demo";
+
+/// Trains, collapses and compares. Every setting is checked before any folder is touched, and only
+/// folders an earlier demo created (marked with `.lacoot-demo`) are ever replaced.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let mut reports = Vec::new();
-    for (name, lambda) in [("baseline", 0.0), ("lacoot", args.lambda)] {
-        let run = RunPaths::new(args.out.join(name));
-        if run.root.exists() {
-            if !run.config().is_file() {
-                bail!(
-                    "{} exists and is not a lacoot run; choose another --out",
-                    run.root.display()
-                );
-            }
-            std::fs::remove_dir_all(&run.root)?;
-        }
-        eprintln!("== training {name} (lambda {lambda}) ==");
-        let config = TrainConfig {
+    let members = [("baseline", 0.0), ("lacoot", args.lambda)];
+    let configs: Vec<TrainConfig> = members
+        .iter()
+        .map(|&(_, lambda)| TrainConfig {
             width: Some(args.width),
             data: DataSource::FashionMnistSubset,
             epochs: args.epochs,
             lambda,
             seed: args.seed,
             ..TrainConfig::default()
-        };
-        train(&config, &run, false, &EpochBars::default())?;
+        })
+        .collect();
+    for config in &configs {
+        config.validate().map_err(anyhow::Error::msg)?;
+    }
+    let settings = CollapseSettings {
+        criterion: Criterion::Mswd,
+        score_split: ScoreSplit::Val,
+        blocks: RegularisedBlocks::All,
+        max_drop: args.max_drop,
+        target_macs: None,
+        score: ScoreSettings {
+            num_projections: 500,
+            seed: args.seed,
+            batch_size: 128,
+        },
+        latency: LatencySettings {
+            warmup: 3,
+            repeats: 9,
+        },
+    };
+    settings.validate()?;
+    for (name, _) in members {
+        let root = args.out.join(name);
+        if root.exists() && !root.join(DEMO_MARKER).is_file() {
+            bail!(
+                "{} exists and was not made by lacoot demo; choose another --out (the demo never replaces other folders)",
+                root.display()
+            );
+        }
+    }
+    let mut reports = Vec::new();
+    for ((name, lambda), config) in members.into_iter().zip(&configs) {
+        let run = RunPaths::new(args.out.join(name));
+        std::fs::create_dir_all(&run.root)?;
+        std::fs::write(run.root.join(DEMO_MARKER), "made by lacoot demo\n")?;
+        eprintln!("== training {name} (lambda {lambda}) ==");
+        train(config, &run, RunStart::Replace, &EpochBars::default())?;
         eprintln!("== collapsing {name} ==");
-        let settings = CollapseSettings {
-            criterion: Criterion::Mswd,
-            score_split: ScoreSplit::Val,
-            blocks: RegularisedBlocks::All,
-            max_drop: args.max_drop,
-            target_macs: None,
-            score: ScoreSettings {
-                num_projections: 500,
-                seed: args.seed,
-                batch_size: 128,
-            },
-            latency: LatencySettings {
-                warmup: 3,
-                repeats: 7,
-            },
-        };
         let (report, model) = with_spinner(|progress| collapse(&run, &settings, progress))?;
         let out = publish_collapse(&run, &report, &model)?;
         reports.push((name, report, out));
     }
     println!(
-        "\nCollapse without finetuning, blocks removed in MSWD order (test accuracy on {})",
+        "\nCollapse without finetuning, blocks removed in MSWD order (test accuracy on {}; the chosen step is decided on validation accuracy)",
         reports[0].1.data
     );
     print_side_by_side(&reports[0].1, &reports[1].1, args.lambda);
     for (name, report, out) in &reports {
         let chosen = &report.steps[report.chosen];
         println!(
-            "{name:>8}: within {} points, {} block(s) removed: {:.2} % accuracy, MACs ÷{:.2}, measured ×{:.2} faster at batch 64\n          report {}/report.md, plots accuracy_vs_blocks.svg|png and accuracy_vs_macs.svg|png beside it",
+            "{name:>8}: within {} validation points, {} block(s) removed: {:.2} % validation, {:.2} % test accuracy, MACs ÷{:.2}, measured ×{:.2} faster at batch 64\n          report {}/report.md, plots accuracy_vs_blocks.svg|png and accuracy_vs_macs.svg|png beside it",
             args.max_drop,
             chosen.blocks_removed,
-            100.0 * chosen.test_accuracy,
+            100.0 * chosen.selection.accuracy,
+            100.0 * chosen.test.accuracy,
             chosen.macs_reduction,
             chosen.speedup_batch64,
             out.display()
@@ -117,7 +132,7 @@ fn print_side_by_side(baseline: &CollapseReport, lacoot: &CollapseReport, lambda
             format!(
                 "{:<9} {:>6.2} % {:>7.2} M ×{:<4.2}{}",
                 s.removed_block.as_deref().unwrap_or("(full)"),
-                100.0 * s.test_accuracy,
+                100.0 * s.test.accuracy,
                 s.macs as f64 / 1e6,
                 s.speedup_batch64,
                 marker

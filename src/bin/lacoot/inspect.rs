@@ -1,5 +1,7 @@
 //! `lacoot inspect`: the blocks of a network, their shapes and costs.
 
+use std::io::Write;
+
 use anyhow::Result;
 use clap::Args;
 use lacoot::device::default_device;
@@ -58,13 +60,15 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         ..ModelSpec::new(arch.model, args.in_channels, args.input, args.classes)
     };
     let network = spec.build(&default_device())?;
+    let mut out = std::io::stdout().lock();
     let blocks = network.blocks();
     let total = network.total_cost();
     let full = blocks
         .iter()
         .fold(network.stem_and_head(), |sum, b| sum + b.cost());
     if args.json {
-        println!(
+        writeln!(
+            out,
             "{}",
             json!({
                 "model": spec,
@@ -74,13 +78,14 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 "total": total,
                 "total_before_removal": full,
             })
-        );
+        )?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "{:<18} {:>14} {:>14} {:>12} {:>12} {:>13}",
         "block", "input", "output", "collapsible", "params", "MACs"
-    );
+    )?;
     for b in &blocks {
         let shape = |s: [usize; 3]| format!("{}x{}x{}", s[0], s[1], s[2]);
         let status = match (b.removed, b.collapsible) {
@@ -88,7 +93,8 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             (false, true) => "yes",
             (false, false) => "no",
         };
-        println!(
+        writeln!(
+            out,
             "{:<18} {:>14} {:>14} {:>12} {:>12} {:>13}",
             b.name,
             shape(b.input_shape),
@@ -96,22 +102,24 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             status,
             b.parameters,
             b.macs
-        );
+        )?;
     }
     let mega = |v: u64| v as f64 / 1e6;
-    println!(
+    writeln!(
+        out,
         "\ntotal: {} parameters, {:.2} M MACs (conv + linear + attention, per image); {:.2} M including normalisation and pooling",
         total.parameters,
         mega(total.macs),
         mega(total.macs + total.norm_pool_macs)
-    );
+    )?;
     if !args.remove.is_empty() {
-        println!(
+        writeln!(
+            out,
             "without removal: {} parameters, {:.2} M MACs; removal saves {:.1} % of the MACs",
             full.parameters,
             mega(full.macs),
             100.0 * (1.0 - total.macs as f64 / full.macs as f64)
-        );
+        )?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ mod distance;
 mod inspect;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc, set to keep freed memory (see [`lacoot::memory`]).
@@ -43,23 +43,40 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     lacoot::memory::keep_freed_memory();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     init_logging(cli.verbose);
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Distance(args) => distance::run(&args),
         Command::Inspect(args) => inspect::run(&args),
-        Command::Train(args) => train::run_train(&args),
+        Command::Train(args) => train::run_train(
+            &args,
+            matches
+                .subcommand_matches("train")
+                .expect("the train subcommand"),
+        ),
         Command::Eval(args) => train::run_eval(&args),
         Command::Collapse(args) => collapse::run(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if is_closed_pipe(&error) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the error is a write to a closed pipe (`lacoot inspect | head -1`), which ends quietly as
+/// in other Unix tools.
+fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Logs go to standard error so that standard output stays clean for results (and `--json`).

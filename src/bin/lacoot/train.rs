@@ -2,14 +2,15 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lacoot::data::{Augmentation, DataSource, load_splits};
 use lacoot::train::{
-    EpochMetrics, OptimizerKind, RegularisedBlocks, RunPaths, TrainConfig, TrainObserver, evaluate,
-    load_run_model, train,
+    EpochMetrics, OptimizerKind, RegularisedBlocks, RunPaths, RunStart, TrainConfig, TrainObserver,
+    check_fit, evaluate, load_run_model, train,
 };
 use serde_json::json;
 
@@ -24,8 +25,12 @@ use crate::architecture::ArchitectureArgs;
 /// horizontal flip, 10 % of the training set held out for validation.
 ///
 /// The run folder receives config.json, metrics.jsonl (one line per epoch) and checkpoints/last and
-/// checkpoints/best, written atomically after every epoch. --resume continues an interrupted run with
-/// the settings recorded in its config.json.
+/// checkpoints/best, committed together atomically after every epoch: a crash or kill at any moment
+/// loses at most the epoch in progress. --resume continues an interrupted run with the settings
+/// recorded in its config.json (only --epochs may change, and the change is recorded). Ctrl-C
+/// finishes the epoch, saves it and stops; a second Ctrl-C stops at once (the last finished epoch
+/// is kept). Without a validation split (--validation-fraction 0), checkpoints/best is the last
+/// epoch.
 ///
 /// Examples:
 ///   lacoot train --model resnet18 --width 16 --data fashion-mnist --epochs 10 --out runs/fm
@@ -38,9 +43,14 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 
-    /// Continue the run in --out from its last checkpoint, with its recorded settings.
-    #[arg(long)]
+    /// Continue the run in --out from its last checkpoint (or from the start if it never finished
+    /// an epoch), with its recorded settings; --epochs may extend it.
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+
+    /// Replace the run already in --out (its config, metrics and checkpoints are deleted).
+    #[arg(long)]
+    force: bool,
 
     #[command(flatten)]
     architecture: ArchitectureArgs,
@@ -54,7 +64,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
-    /// Fraction of each training class held out for validation.
+    /// Fraction of each training class held out for validation, in [0, 1). With 0 there is no
+    /// validation split: best = last, and collapse must be told to score on the training split.
     #[arg(long, default_value_t = 0.1)]
     validation_fraction: f64,
 
@@ -165,36 +176,126 @@ impl TrainArgs {
     }
 }
 
-/// Trains, showing one progress bar per epoch and one summary line after it.
-pub fn run_train(args: &TrainArgs) -> Result<()> {
+/// Flags that may differ from the recorded settings on --resume (or say nothing about them).
+const RESUMABLE_FLAGS: [&str; 4] = ["out", "resume", "epochs", "verbose"];
+
+/// The `config.json` key each setting flag is recorded under, where the names differ.
+fn recorded_key(flag: &str) -> &str {
+    match flag {
+        "model" => "architecture",
+        "data_dir" => "data",
+        "lr" => "learning_rate",
+        "blocks" => "regularised_blocks",
+        "crop_padding" | "no_flip" => "augmentation",
+        other => other,
+    }
+}
+
+/// Trains, showing one progress bar per epoch and one summary line after it. `matches` tells which
+/// flags the user typed (those must agree with a resumed run's record).
+pub fn run_train(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let run = RunPaths::new(&args.out);
-    let config = if args.resume {
-        run.read_record()
+    let (config, start) = if args.resume {
+        let recorded = run
+            .read_record()
             .with_context(|| format!("cannot resume {}", args.out.display()))?
-            .config
-    } else {
-        if run.config().exists() {
+            .config;
+        let typed = args.config()?;
+        let (ours, theirs) = (
+            serde_json::to_value(&typed)?,
+            serde_json::to_value(&recorded)?,
+        );
+        let contradictions: Vec<String> = matches
+            .ids()
+            .map(|id| id.as_str())
+            .filter(|id| {
+                !RESUMABLE_FLAGS.contains(id)
+                    && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .filter(|id| ours.get(recorded_key(id)) != theirs.get(recorded_key(id)))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !contradictions.is_empty() {
             bail!(
-                "{} already holds a run; choose another --out or add --resume",
-                args.out.display()
+                "{} contradict{} the settings recorded in {} (a resumed run keeps them; only --epochs may change)",
+                contradictions.join(", "),
+                if contradictions.len() == 1 { "s" } else { "" },
+                run.config().display()
             );
         }
-        args.config()?
+        let epochs_typed =
+            matches.value_source("epochs") == Some(clap::parser::ValueSource::CommandLine);
+        let config = TrainConfig {
+            epochs: if epochs_typed {
+                args.epochs
+            } else {
+                recorded.epochs
+            },
+            ..recorded
+        };
+        (config, RunStart::Resume)
+    } else if args.force {
+        (args.config()?, RunStart::Replace)
+    } else {
+        (args.config()?, RunStart::New)
     };
-    let summary = train(&config, &run, args.resume, &EpochBars::default())?;
-    eprintln!(
-        "best validation accuracy {:.2} % at epoch {}; run in {}",
-        100.0 * summary.state.best_validation_accuracy,
-        summary.state.best_epoch,
-        args.out.display()
-    );
+    let bars = EpochBars::default();
+    let interrupts = interrupt_counter()?;
+    bars.stop_after_epoch.set(interrupts).expect("set once");
+    let summary = train(&config, &run, start, &bars)?;
+    let state = &summary.state;
+    match state.best_validation_accuracy {
+        Some(best) => eprintln!(
+            "best validation accuracy {:.2} % at epoch {}; run in {}",
+            100.0 * best,
+            state.best_epoch,
+            args.out.display()
+        ),
+        None => eprintln!(
+            "no validation split: checkpoints/best is the last epoch ({}); run in {}",
+            state.best_epoch,
+            args.out.display()
+        ),
+    }
+    if state.epochs_done < config.epochs {
+        eprintln!(
+            "interrupted after epoch {} of {}; continue with: lacoot train --out {} --resume",
+            state.epochs_done,
+            config.epochs,
+            args.out.display()
+        );
+        std::process::exit(130);
+    }
     Ok(())
+}
+
+/// Counts Ctrl-C presses: the first asks training to stop after the epoch in progress is saved,
+/// the second exits at once (every file lacoot writes is committed atomically, so the last
+/// finished epoch is intact).
+fn interrupt_counter() -> Result<&'static AtomicUsize> {
+    static PRESSES: AtomicUsize = AtomicUsize::new(0);
+    ctrlc::set_handler(|| {
+        if PRESSES.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!(
+                "\ninterrupted: finishing and saving this epoch, then stopping (Ctrl-C again stops now)"
+            );
+        } else {
+            eprintln!(
+                "\nstopped; the last finished epoch is saved: continue with lacoot train --out DIR --resume"
+            );
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(&PRESSES)
 }
 
 /// Progress bars for the training loop.
 #[derive(Default)]
 pub struct EpochBars {
     bar: std::cell::RefCell<Option<ProgressBar>>,
+    /// Ctrl-C presses; training stops after the epoch in progress once there is one.
+    stop_after_epoch: std::sync::OnceLock<&'static AtomicUsize>,
 }
 
 impl TrainObserver for EpochBars {
@@ -222,16 +323,23 @@ impl TrainObserver for EpochBars {
             bar.finish_and_clear();
         }
         eprintln!(
-            "epoch {:>3}  lr {:.4}  loss {:.4} (ce {:.4} + reg {:.4})  train {:.2} %  val {:.2} %  {:.0} img/s",
+            "epoch {:>3}  lr {:.4}  loss {:.4} (ce {:.4} + reg {:.4})  train {:.2} %  val {}  {:.0} img/s",
             m.epoch,
             m.learning_rate,
             m.train_loss,
             m.cross_entropy,
             m.regulariser,
             100.0 * m.train_accuracy,
-            100.0 * m.validation_accuracy,
+            m.validation_accuracy
+                .map_or("n/a".to_string(), |v| format!("{:.2} %", 100.0 * v)),
             m.images_per_second
         );
+    }
+
+    fn keep_going(&self) -> bool {
+        self.stop_after_epoch
+            .get()
+            .is_none_or(|presses| presses.load(Ordering::SeqCst) == 0)
     }
 }
 
@@ -270,7 +378,7 @@ pub struct EvalArgs {
     data: Option<String>,
 
     /// The folder of --data.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "data")]
     data_dir: Option<PathBuf>,
 
     /// Images per evaluation batch.
@@ -282,65 +390,116 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// A checkpoint or saved model with what is needed to evaluate it.
+struct Loaded {
+    name: String,
+    model: lacoot::models::Network,
+    spec: lacoot::models::ModelSpec,
+    normalization: lacoot::data::Normalization,
+    data: DataSource,
+    validation_fraction: f64,
+    seed: u64,
+    /// The data description recorded with the model, if any.
+    recorded_data: Option<String>,
+}
+
 /// Evaluates a checkpoint or a saved model and prints accuracy and loss.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    let (source_name, model, normalization, data, validation_fraction, seed) =
-        match (&args.run, &args.model) {
-            (Some(run_dir), _) => {
-                let run = RunPaths::new(run_dir);
-                let checkpoint = match args.checkpoint.as_str() {
-                    "last" => run.last(),
-                    _ => run.best(),
-                };
-                let (record, model) = load_run_model(&run, &checkpoint)?;
-                let name = format!("{} ({} checkpoint)", run_dir.display(), args.checkpoint);
-                (
-                    name,
-                    model,
-                    record.normalization,
-                    record.config.data,
-                    record.config.validation_fraction,
-                    record.config.seed,
-                )
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let loaded = match (&args.run, &args.model) {
+        (Some(run_dir), _) => {
+            let run = RunPaths::new(run_dir);
+            let checkpoint = match args.checkpoint.as_str() {
+                "last" => run.last(),
+                _ => run.best(),
+            };
+            let (record, model) = load_run_model(&run, &checkpoint)?;
+            Loaded {
+                name: format!("{} ({} checkpoint)", run_dir.display(), args.checkpoint),
+                model,
+                spec: record.model,
+                normalization: record.normalization,
+                data: record.config.data,
+                validation_fraction: record.config.validation_fraction,
+                seed: record.config.seed,
+                recorded_data: Some(record.data_description),
             }
-            (None, Some(dir)) => {
-                let (manifest, model) = lacoot::collapse::saved::load_model(dir)?;
-                (
-                    dir.display().to_string(),
-                    model,
-                    manifest.normalization,
-                    manifest.data,
-                    manifest.validation_fraction,
-                    manifest.seed,
-                )
-            }
-            (None, None) => bail!("give --run or --model"),
-        };
-    let source = match &args.data {
-        Some(name) => {
-            DataSource::from_name(name, args.data_dir.clone()).map_err(anyhow::Error::msg)?
         }
-        None => data,
+        (None, Some(dir)) => {
+            let (manifest, model) = lacoot::collapse::saved::load_model(dir)?;
+            Loaded {
+                name: dir.display().to_string(),
+                model,
+                spec: manifest.model,
+                normalization: manifest.normalization,
+                data: manifest.data,
+                validation_fraction: manifest.validation_fraction,
+                seed: manifest.seed,
+                recorded_data: (!manifest.data_description.is_empty())
+                    .then_some(manifest.data_description),
+            }
+        }
+        (None, None) => bail!("give --run or --model"),
     };
-    let splits = load_splits(&source, validation_fraction, seed)?;
+    let (source, other_data) = match &args.data {
+        Some(name) => (
+            DataSource::from_name(name, args.data_dir.clone()).map_err(anyhow::Error::msg)?,
+            true,
+        ),
+        None => (loaded.data.clone(), false),
+    };
+    let splits = load_splits(&source, loaded.validation_fraction, loaded.seed)?;
+    if other_data {
+        tracing::warn!(
+            "evaluating on {} instead of the data recorded with the model",
+            splits.description
+        );
+    } else if let Some(recorded) = loaded.recorded_data.filter(|r| *r != splits.description) {
+        bail!(
+            "the data read now ({}) is not the data recorded with the model ({recorded}); pass --data to evaluate on other data explicitly",
+            splits.description
+        );
+    }
+    check_fit(&loaded.spec, &splits.test, &splits.description)?;
     let set = match args.split.as_str() {
         "val" => splits.validation,
         _ => splits.test,
     };
-    let evaluation = evaluate(&model, &Arc::new(set), &normalization, args.batch_size);
+    if set.is_empty() {
+        bail!(
+            "the {} split of {} is empty (trained with --validation-fraction 0?)",
+            args.split,
+            splits.description
+        );
+    }
+    let evaluation = evaluate(
+        &loaded.model,
+        &Arc::new(set),
+        &loaded.normalization,
+        args.batch_size,
+    )?;
+    let source_name = loaded.name;
     if args.json {
         println!(
             "{}",
             json!({
                 "model": source_name, "split": args.split, "data": splits.description,
+                "other_data": other_data,
                 "accuracy": evaluation.accuracy, "loss": evaluation.loss, "images": evaluation.images,
             })
         );
     } else {
         println!(
-            "{source_name} on {} {}: accuracy {:.2} %, loss {:.4}, {} images",
+            "{source_name} on {} {}{}: accuracy {:.2} %, loss {:.4}, {} images",
             splits.description,
             args.split,
+            if other_data {
+                " (not the model's own data)"
+            } else {
+                ""
+            },
             100.0 * evaluation.accuracy,
             evaluation.loss,
             evaluation.images

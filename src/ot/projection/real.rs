@@ -6,8 +6,10 @@ use rayon::prelude::*;
 use super::dot::{self, Range};
 use super::panel::{self, PanelRange};
 
-/// Below this many columns per thread, splitting along the shared dimension costs more than it saves.
-const MIN_COLUMNS_PER_THREAD: usize = 2048;
+/// Below this many columns per piece, splitting along the shared dimension costs more than it saves.
+const MIN_COLUMNS_PER_PIECE: usize = 2048;
+/// At most this many pieces, whatever the dimension: enough to keep 16 cores busy.
+const MAX_PIECES: usize = 32;
 
 /// Floating-point element types the kernels run on.
 pub(crate) trait Real:
@@ -64,32 +66,33 @@ macro_rules! real_with_kernels {
 real_with_kernels!(f32, avx512_f32, avx2_f32);
 real_with_kernels!(f64, avx512_f64, avx2_f64);
 
-/// Runs `partial(start, end)` on one range of `0..dim` per thread (as many as the pool has, with at
-/// least [`MIN_COLUMNS_PER_THREAD`] columns each) and adds the equally long results.
+/// Runs `partial(start, end)` on each piece of `0..dim` and adds the equally long results in piece
+/// order. The pieces depend on `dim` alone (at least [`MIN_COLUMNS_PER_PIECE`] columns each, at most
+/// [`MAX_PIECES`] of them), never on the thread count, so the sum is the same bits on any machine.
 pub(crate) fn split_columns<T: Real>(
     dim: usize,
     partial: impl Fn(usize, usize) -> Vec<T> + Sync,
 ) -> Vec<T> {
-    let threads = rayon::current_num_threads()
-        .min(dim / MIN_COLUMNS_PER_THREAD)
-        .max(1);
-    if threads == 1 {
+    let pieces = (dim / MIN_COLUMNS_PER_PIECE).clamp(1, MAX_PIECES);
+    if pieces == 1 {
         return partial(0, dim);
     }
-    (0..threads)
+    let parts: Vec<Vec<T>> = (0..pieces)
         .into_par_iter()
-        .map(|t| partial(t * dim / threads, (t + 1) * dim / threads))
-        .reduce_with(|mut total, part| {
-            total.iter_mut().zip(part).for_each(|(t, p)| *t = *t + p);
-            total
-        })
-        .expect("at least one thread")
+        .map(|t| partial(t * dim / pieces, (t + 1) * dim / pieces))
+        .collect();
+    let mut parts = parts.into_iter();
+    let mut total = parts.next().expect("at least two pieces");
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(t, p)| *t = *t + p);
+    }
+    total
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     /// Columns that span several threads' ranges.
-    pub(crate) const LONG: usize = 3 * super::MIN_COLUMNS_PER_THREAD + 17;
+    pub(crate) const LONG: usize = 3 * super::MIN_COLUMNS_PER_PIECE + 17;
 
     /// The results of every kernel this processor can run (`portable` and `x86::…` of the calling
     /// module) on an f64 and an f32 range, widened to f64, each with the kernel's name.
