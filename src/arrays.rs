@@ -175,10 +175,11 @@ impl HostArray {
 }
 
 fn read_npy(path: &Path, bytes: &[u8]) -> Result<HostArray, ArrayError> {
+    // Parser messages can span several lines (a caret under the header): keep the first.
     let malformed = |reason: String| ArrayError::Malformed {
         path: path.to_path_buf(),
         format: ".npy",
-        reason,
+        reason: reason.lines().next().unwrap_or_default().trim().to_string(),
     };
     let file = npyz::NpyFile::new(bytes).map_err(|e| malformed(e.to_string()))?;
     let shape: Vec<usize> = file.shape().iter().map(|&s| s as usize).collect();
@@ -191,6 +192,19 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<HostArray, ArrayError> {
         path: path.to_path_buf(),
         dtype: dtype.descr(),
     };
+    // The header's promise is checked against the file's length before anything is allocated.
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| malformed(format!("shape {shape:?} overflows")))?;
+    if let Some(size) = element
+        && expected.saturating_mul(size) > bytes.len()
+    {
+        return Err(malformed(format!(
+            "header promises {expected} elements of {size} bytes, the file holds {} bytes",
+            bytes.len()
+        )));
+    }
     let values = match element {
         Some(4) => ArrayValues::F32(
             file.into_vec::<f32>()
@@ -202,7 +216,6 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<HostArray, ArrayError> {
         ),
         _ => return Err(unsupported(file.dtype())),
     };
-    let expected: usize = shape.iter().product();
     if values.len() != expected {
         return Err(malformed(format!(
             "header promises {expected} elements, data holds {}",

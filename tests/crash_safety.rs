@@ -128,6 +128,9 @@ fn kill_when(mut child: Child, moment: &dyn Fn(Duration) -> bool) {
     child.wait().unwrap();
 }
 
+/// When to kill a run: from its folder and the time since it started.
+type Moment = dyn Fn(&Path, Duration) -> bool;
+
 #[test]
 fn a_run_killed_at_any_moment_resumes_to_the_uninterrupted_metrics() {
     let tmp = tempfile::tempdir().unwrap();
@@ -143,7 +146,7 @@ fn a_run_killed_at_any_moment_resumes_to_the_uninterrupted_metrics() {
     let metric_lines = |run: &Path| {
         std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
     };
-    let mut moments: Vec<(String, Box<dyn Fn(&Path, Duration) -> bool>)> = Vec::new();
+    let mut moments: Vec<(String, Box<Moment>)> = Vec::new();
     for tenth in 1..=9 {
         let at = duration * tenth / 10;
         moments.push((

@@ -14,6 +14,9 @@ pub struct IdxArray {
     pub values: Vec<u8>,
 }
 
+/// The most bytes a compressed IDX file may expand to (16 GiB): more is a damaged or hostile file.
+const MAX_DECOMPRESSED_BYTES: u64 = 16 << 30;
+
 /// Reads an IDX file of unsigned bytes (type code 0x08), gzip-compressed or not.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
@@ -26,8 +29,15 @@ pub fn decode_idx(raw: &[u8], origin: &Path) -> Result<IdxArray, DataError> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw)
+            .take(MAX_DECOMPRESSED_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| DataError::malformed(path, format!("corrupt gzip stream: {e}")))?;
+        if out.len() as u64 > MAX_DECOMPRESSED_BYTES {
+            return Err(DataError::malformed(
+                path,
+                format!("decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes"),
+            ));
+        }
         out
     } else {
         raw.to_vec()
