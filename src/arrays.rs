@@ -92,6 +92,13 @@ impl ArrayValues {
             Self::F64(v) => v.len(),
         }
     }
+
+    fn all_finite(&self) -> bool {
+        match self {
+            Self::F32(v) => v.iter().all(|x| x.is_finite()),
+            Self::F64(v) => v.iter().all(|x| x.is_finite()),
+        }
+    }
 }
 
 /// An array read from a file: its row-major values, shape and the file it came from.
@@ -106,6 +113,11 @@ pub struct HostArray {
 }
 
 impl HostArray {
+    /// Whether every value is finite (no NaN, no infinity).
+    pub fn all_finite(&self) -> bool {
+        self.values.all_finite()
+    }
+
     /// Reads an array from a `.npy` file, or from a `.safetensors` file: the tensor named `tensor`, or
     /// the file's only tensor when `tensor` is `None`.
     pub fn read(path: &Path, tensor: Option<&str>) -> Result<Self, ArrayError> {

@@ -100,7 +100,44 @@ fn optimise_never_reports_less_than_the_random_maximum() {
     let refined = report["max_sliced_w2"].as_f64().unwrap();
     let random = report["random_max_sliced_w2"].as_f64().unwrap();
     assert!(refined >= random, "{refined} < {random}");
-    assert_eq!(report["ascent_steps"], 10);
+    assert_eq!(report["ascent_steps_asked"], 10);
+    assert!(report["ascent_steps"].as_u64().unwrap() <= 10);
+    assert!(report["ascent_stopped"].is_string());
+}
+
+#[test]
+fn a_huge_ascent_reports_the_steps_it_took_and_why_it_stopped() {
+    let dir = local_fixtures().join("ot_unequal");
+    let report = json_of(&[
+        "--x",
+        path_str(&dir.join("x.npy")),
+        "--y",
+        path_str(&dir.join("y.npy")),
+        "--optimise",
+        "100000000",
+    ]);
+    let taken = report["ascent_steps"].as_u64().unwrap();
+    assert!(taken < 100_000_000, "{report}");
+    assert_ne!(report["ascent_stopped"], "all-steps", "{report}");
+}
+
+#[test]
+fn clouds_with_nan_are_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y) = (tmp.path().join("x.npy"), tmp.path().join("y.npy"));
+    write_npy(&x, &[3, 2], &[0.0f64, 1.0, 2.0, f64::NAN, 4.0, 5.0]);
+    write_npy(&y, &[3, 2], &[0.0f64, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    let output = lacoot()
+        .args(["distance", "--x", path_str(&x), "--y", path_str(&y)])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("x.npy") && stderr.contains("NaN"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).is_empty());
 }
 
 #[test]
@@ -275,7 +312,7 @@ fn bad_inputs_get_one_clear_line_naming_the_file() {
         ),
         (
             vec!["--x", g, "--y", g, "--num-projections", "0"],
-            vec!["at least one projection direction"],
+            vec!["--num-projections must be between 1 and 100000"],
         ),
     ];
     for (args, needles) in cases {

@@ -32,11 +32,32 @@ impl Ascent {
     }
 }
 
+/// Why a refinement ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AscentStop {
+    /// Every step asked for was taken.
+    AllSteps,
+    /// No step angle (after halving it repeatedly) increased the cost: a local maximum.
+    NoImprovement,
+    /// The gradient along the sphere vanished or was not finite.
+    FlatGradient,
+}
+
+/// What a refinement did: the steps actually taken and why it stopped.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct AscentOutcome {
+    /// Steps that increased the cost.
+    pub steps_taken: usize,
+    /// Why it stopped.
+    pub stopped: AscentStop,
+}
+
 /// How many times a step's angle is halved before the ascent stops.
 const MAX_BACKTRACKS: usize = 12;
 
 /// Refines `start` (`[d, 1]`, unit norm, with `W_p^p = start_cost`) and returns the best direction
-/// found and its cost. `x` and `y` carry no gradient tracking.
+/// found, its cost, and what the ascent did. `x` and `y` carry no gradient tracking.
 pub(crate) fn refine_direction(
     x: &Tensor<2>,
     y: &Tensor<2>,
@@ -45,7 +66,7 @@ pub(crate) fn refine_direction(
     coupling: &QuantileCoupling,
     p: f64,
     ascent: &Ascent,
-) -> Result<(Tensor<2>, f64), OtError> {
+) -> Result<(Tensor<2>, f64, AscentOutcome), OtError> {
     let cost_of = |direction: Tensor<2>| -> Result<(Tensor<1>, f64), OtError> {
         let cost = costs_along(
             project(x.clone(), direction.clone()),
@@ -58,6 +79,10 @@ pub(crate) fn refine_direction(
     };
     let (mut best, mut best_cost) = (start, start_cost);
     let mut angle = ascent.initial_angle;
+    let mut outcome = AscentOutcome {
+        steps_taken: 0,
+        stopped: AscentStop::AllSteps,
+    };
     for _ in 0..ascent.steps {
         let tracked = best.clone().autodiff().require_grad();
         let (cost, _) = cost_of(tracked.clone())?;
@@ -68,6 +93,7 @@ pub(crate) fn refine_direction(
         let tangent = gradient - best.clone() * along.unsqueeze::<2>();
         let tangent_norm = host_values(tangent.clone().square().sum().sqrt())?[0];
         if !(tangent_norm > 0.0 && tangent_norm.is_finite()) {
+            outcome.stopped = AscentStop::FlatGradient;
             break;
         }
         let unit_tangent = tangent.div_scalar(tangent_norm);
@@ -86,8 +112,10 @@ pub(crate) fn refine_direction(
             angle /= 2.0;
         }
         if !improved {
+            outcome.stopped = AscentStop::NoImprovement;
             break;
         }
+        outcome.steps_taken += 1;
     }
-    Ok((best, best_cost))
+    Ok((best, best_cost, outcome))
 }

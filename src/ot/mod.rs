@@ -20,7 +20,7 @@ mod gaussian;
 mod projection;
 mod sliced;
 
-pub use ascent::Ascent;
+pub use ascent::{Ascent, AscentOutcome, AscentStop};
 pub use directions::{DirectionSampler, Directions};
 pub use sliced::{
     MaxSlicedDistance, ROOT_EPSILON, SlicedDistance, max_sliced_wasserstein, point_cloud,

@@ -3,7 +3,7 @@
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::ascent::{Ascent, refine_direction};
+use super::ascent::{Ascent, AscentOutcome, refine_direction};
 use super::coupling::QuantileCoupling;
 use super::projection::{copy_column, project, project_known};
 use super::{Directions, OtError};
@@ -41,6 +41,8 @@ pub struct MaxSlicedDistance {
     pub direction: Tensor<1>,
     /// `W_p^p` along `direction`; never less than `per_direction[argmax]`.
     pub cost: f64,
+    /// What the gradient ascent did, when it was asked for.
+    pub ascent: Option<AscentOutcome>,
 }
 
 /// Flattens a batch of features `[n, …]` into a point cloud `[n, d]`: each sample is one point.
@@ -125,8 +127,9 @@ pub fn max_sliced_wasserstein(
     };
     // The tracked projections on the winning direction: for a random direction their values are
     // a column of the projections above, so only the graph is added.
+    let ascent_outcome = refined.as_ref().map(|(_, _, outcome)| *outcome);
     let (direction, cost, x_tracked, y_tracked) = match refined {
-        Some((direction, cost)) => {
+        Some((direction, cost, _)) => {
             let on_device = direction.clone().to_device(&x.device());
             let x_tracked = project(x, on_device.clone());
             (direction, cost, x_tracked, project(y, on_device))
@@ -149,6 +152,7 @@ pub fn max_sliced_wasserstein(
         argmax,
         direction: direction.reshape([dim]),
         cost,
+        ascent: ascent_outcome,
     })
 }
 

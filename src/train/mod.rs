@@ -85,6 +85,24 @@ pub enum TrainError {
     /// The data read now is not the data recorded with the run, or does not fit the model.
     #[error("{0}")]
     DataMismatch(String),
+    /// A block's distance could not be computed (its features hold NaN or infinity, say).
+    #[error("block {block}: {source}")]
+    BlockDistance {
+        /// The block.
+        block: String,
+        /// What went wrong.
+        source: crate::ot::OtError,
+    },
+    /// A training step failed.
+    #[error("epoch {epoch}, batch {batch}: {source}")]
+    AtStep {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 0-based batch within the epoch.
+        batch: usize,
+        /// What went wrong.
+        source: Box<TrainError>,
+    },
 }
 
 /// What [`train`] does with the run folder.
@@ -387,7 +405,13 @@ pub fn train(
         for (index, batch) in epoch_batches.enumerate() {
             let (images, labels) = batch?.to_tensors(&device);
             let outcome;
-            (model, outcome) = step.run(model, &mut optimizer, images, labels, learning_rate)?;
+            (model, outcome) = step
+                .run(model, &mut optimizer, images, labels, learning_rate)
+                .map_err(|source| TrainError::AtStep {
+                    epoch: epoch + 1,
+                    batch: index,
+                    source: Box::new(source),
+                })?;
             if !outcome.loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     epoch: epoch + 1,
@@ -529,7 +553,13 @@ impl TrainingStep {
             let directions =
                 self.sampler
                     .sample(x.dims()[1], self.num_projections, &self.device, x.dtype())?;
-            let distance = max_sliced_wasserstein(x, y, &directions, self.p, None)?;
+            let distance =
+                max_sliced_wasserstein(x, y, &directions, self.p, None).map_err(|source| {
+                    TrainError::BlockDistance {
+                        block: block.name.clone(),
+                        source,
+                    }
+                })?;
             block_mswd.push((block.name, distance.distance));
             distances.push(distance.value);
         }

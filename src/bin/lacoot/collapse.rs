@@ -29,6 +29,7 @@ use lacoot::train::{RegularisedBlocks, RunPaths};
 ///
 /// Example: lacoot collapse --run runs/fm --criterion mswd --max-drop 0.5
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct CollapseArgs {
     /// The run folder written by lacoot train (its best checkpoint is collapsed).
     #[arg(long, value_name = "DIR")]

@@ -24,6 +24,7 @@ use crate::train::EpochBars;
 ///
 /// Writes OUT/baseline and OUT/lacoot (runs, each with collapse/report.md, plots and model/).
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct DemoArgs {
     /// Where the two runs go (replaced only if an earlier demo made them).
     #[arg(long, value_name = "DIR", default_value = "runs/demo")]

@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use lacoot::arrays::HostArray;
 use lacoot::device::default_device;
 use lacoot::ot::{
-    self, Ascent, DirectionSampler, Directions, max_sliced_wasserstein, sliced_wasserstein,
+    self, Ascent, AscentStop, DirectionSampler, Directions, MAX_NUM_PROJECTIONS,
+    max_sliced_wasserstein, sliced_wasserstein,
 };
 use serde_json::json;
 
@@ -23,6 +24,7 @@ use serde_json::json;
 ///
 /// Example: lacoot distance --x before.npy --y after.npy --num-projections 500 --seed 1 --json
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct DistanceArgs {
     /// The first point cloud (.npy or .safetensors).
     #[arg(long, value_name = "FILE")]
@@ -70,8 +72,27 @@ pub struct DistanceArgs {
 /// Reads the clouds and directions, computes both distances, prints them.
 pub fn run(args: &DistanceArgs) -> Result<()> {
     let device = default_device();
-    let x = HostArray::read(&args.x, args.x_tensor.as_deref())?.into_point_cloud(&device)?;
-    let y = HostArray::read(&args.y, args.y_tensor.as_deref())?.into_point_cloud(&device)?;
+    if !(args.p.is_finite() && args.p >= 1.0) {
+        bail!("--p must be a finite number >= 1, not {}", args.p);
+    }
+    if !(1..=MAX_NUM_PROJECTIONS).contains(&args.num_projections) {
+        bail!(
+            "--num-projections must be between 1 and {MAX_NUM_PROJECTIONS}, not {}",
+            args.num_projections
+        );
+    }
+    let read = |path: &std::path::Path, tensor: Option<&str>| -> Result<HostArray> {
+        let array = HostArray::read(path, tensor)?;
+        if !array.all_finite() {
+            bail!(
+                "{}: holds NaN or infinite values; distances need finite points",
+                path.display()
+            );
+        }
+        Ok(array)
+    };
+    let x = read(&args.x, args.x_tensor.as_deref())?.into_point_cloud(&device)?;
+    let y = read(&args.y, args.y_tensor.as_deref())?.into_point_cloud(&device)?;
     let [_, dim] = x.dims();
     let directions = match &args.projections {
         Some(path) => {
@@ -108,8 +129,10 @@ pub fn run(args: &DistanceArgs) -> Result<()> {
             "argmax_direction": max_sliced.argmax,
             "per_direction": max_sliced.per_direction,
         });
-        if let Some(ascent) = ascent {
-            report["ascent_steps"] = json!(ascent.steps);
+        if let Some(outcome) = max_sliced.ascent {
+            report["ascent_steps_asked"] = json!(args.optimise);
+            report["ascent_steps"] = json!(outcome.steps_taken);
+            report["ascent_stopped"] = json!(outcome.stopped);
             report[format!("random_max_sliced_w{order}")] = json!(random_max);
         }
         println!("{report}");
@@ -126,10 +149,16 @@ pub fn run(args: &DistanceArgs) -> Result<()> {
             max_sliced.argmax,
             directions.count()
         );
-        if let Some(ascent) = ascent {
+        if let Some(outcome) = max_sliced.ascent {
             println!(
-                "  refined by {} ascent steps from the best random direction's {:.10} (+{:.2} %)",
-                ascent.steps,
+                "  refined by {} of {} ascent steps ({}) from the best random direction's {:.10} (+{:.2} %)",
+                outcome.steps_taken,
+                args.optimise,
+                match outcome.stopped {
+                    AscentStop::AllSteps => "all taken",
+                    AscentStop::NoImprovement => "stopped at a local maximum",
+                    AscentStop::FlatGradient => "stopped: the gradient vanished",
+                },
                 random_max,
                 100.0 * (max_sliced.distance / random_max - 1.0)
             );

@@ -37,7 +37,7 @@ use crate::architecture::ArchitectureArgs;
 ///   lacoot train --model mobilenetv2-cifar --unit depthwise --width 16 --epochs 5 --out runs/mb
 ///   lacoot train --model swin-t --width 24 --pairing mlp-branch --epochs 5 --out runs/swin
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct TrainArgs {
     /// The run folder.
     #[arg(long, value_name = "DIR")]
@@ -451,6 +451,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         None => (loaded.data.clone(), false),
     };
     let splits = load_splits(&source, loaded.validation_fraction, loaded.seed)?;
+    check_fit(&loaded.spec, &splits.test, &splits.description)?;
     if other_data {
         tracing::warn!(
             "evaluating on {} instead of the data recorded with the model",
@@ -462,7 +463,6 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
             splits.description
         );
     }
-    check_fit(&loaded.spec, &splits.test, &splits.description)?;
     let set = match args.split.as_str() {
         "val" => splits.validation,
         _ => splits.test,
