@@ -284,7 +284,8 @@ fn resume_rerun_and_force_say_what_they_do() {
     let metrics = run.join("metrics.jsonl");
     let text = std::fs::read_to_string(&metrics).unwrap();
     std::fs::write(&metrics, &text[..text.len() - 40]).unwrap();
-    run_ok(&extended, None);
+    let stderr = run_ok(&extended, None);
+    assert!(stderr.contains("repaired from the checkpoint"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), text);
 
     // --force replaces the run.

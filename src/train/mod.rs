@@ -368,6 +368,16 @@ pub fn train(
     let json = serde_json::to_vec_pretty(&record)
         .map_err(|e| TrainError::Config(format!("the settings cannot be recorded as JSON: {e}")))?;
     write_atomic(&run.config(), &json).map_err(io(&run.config()))?;
+    if start == RunStart::Resume {
+        let on_disk = std::fs::read(run.metrics()).unwrap_or_default();
+        if on_disk != metrics_text(&state.history).as_bytes() {
+            tracing::warn!(
+                "{}: repaired from the checkpoint ({} epochs; a line was missing, cut or extra)",
+                run.metrics().display(),
+                state.history.len()
+            );
+        }
+    }
     write_metrics(&run.metrics(), &state.history)?;
     if splits.validation.is_empty() {
         tracing::warn!(
@@ -867,14 +877,19 @@ impl EpochTotals {
     }
 }
 
-/// Writes `metrics.jsonl` atomically: one line per epoch of `history`.
-fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
+/// The text of `metrics.jsonl`: one JSON line per epoch of `history`.
+fn metrics_text(history: &[EpochMetrics]) -> String {
     let mut text = String::new();
     for metrics in history {
         text.push_str(&serde_json::to_string(metrics).expect("metrics serialise"));
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes()).map_err(|source| TrainError::Io {
+    text
+}
+
+/// Writes `metrics.jsonl` atomically: one line per epoch of `history`.
+fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
+    write_atomic(path, metrics_text(history).as_bytes()).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -890,4 +905,37 @@ pub fn load_run_model(
     let mut model = record.model.build(&device)?;
     checkpoint::load_model(checkpoint_dir, &mut model)?;
     Ok((record, model.valid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Architecture;
+
+    fn set(shape: [usize; 3], classes: usize) -> ImageSet {
+        let size: usize = shape.iter().product();
+        ImageSet::new(
+            vec![0; 2 * size],
+            vec![0, 1],
+            shape,
+            (0..classes).map(|c| c.to_string()).collect(),
+            Path::new("test"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn data_must_fit_the_model_in_channels_size_and_classes() {
+        let model = ModelSpec::new(Architecture::Resnet18, 1, 28, 10);
+        assert!(check_fit(&model, &set([1, 28, 28], 10), "d").is_ok());
+        for (bad, needle) in [
+            (set([3, 28, 28], 10), "images are 3x28x28"),
+            (set([1, 32, 32], 10), "images are 1x32x32"),
+            (set([1, 28, 28], 5), "5 classes but the model has 10"),
+            (set([1, 28, 28], 12), "12 classes but the model has 10"),
+        ] {
+            let message = check_fit(&model, &bad, "d").unwrap_err().to_string();
+            assert!(message.contains(needle), "{message}");
+        }
+    }
 }

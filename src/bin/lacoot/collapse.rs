@@ -71,7 +71,7 @@ pub struct CollapseArgs {
 
     /// Timed rounds per latency measurement; each round runs every network once (the median and
     /// quartiles are reported).
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 25)]
     latency_repeats: usize,
 }
 
