@@ -86,17 +86,22 @@ fn random_directions_follow_the_seed_and_other_orders_rename_the_keys() {
     assert!(cubic.get("sliced_w2").is_none());
 }
 
-#[test]
-fn optimise_never_reports_less_than_the_random_maximum() {
-    let dir = local_fixtures().join("ot/case2");
-    let report = json_of(&[
+/// The JSON report of `--optimise steps` on the clouds of fixture `case`.
+fn ascent_report(case: &str, steps: &str) -> Value {
+    let dir = local_fixtures().join(case);
+    json_of(&[
         "--x",
         path_str(&dir.join("x.npy")),
         "--y",
         path_str(&dir.join("y.npy")),
         "--optimise",
-        "10",
-    ]);
+        steps,
+    ])
+}
+
+#[test]
+fn optimise_never_reports_less_than_the_random_maximum() {
+    let report = ascent_report("ot/case2", "10");
     let refined = report["max_sliced_w2"].as_f64().unwrap();
     let random = report["random_max_sliced_w2"].as_f64().unwrap();
     assert!(refined >= random, "{refined} < {random}");
@@ -107,15 +112,7 @@ fn optimise_never_reports_less_than_the_random_maximum() {
 
 #[test]
 fn a_huge_ascent_reports_the_steps_it_took_and_why_it_stopped() {
-    let dir = local_fixtures().join("ot_unequal");
-    let report = json_of(&[
-        "--x",
-        path_str(&dir.join("x.npy")),
-        "--y",
-        path_str(&dir.join("y.npy")),
-        "--optimise",
-        "100000000",
-    ]);
+    let report = ascent_report("ot_unequal", "100000000");
     let taken = report["ascent_steps"].as_u64().unwrap();
     assert!(taken < 100_000_000, "{report}");
     assert_ne!(report["ascent_stopped"], "all-steps", "{report}");
