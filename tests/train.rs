@@ -159,6 +159,37 @@ fn an_interrupted_run_resumes_exactly() {
 }
 
 #[test]
+fn a_checkpoint_from_an_older_lacoot_resumes_without_losing_metrics() {
+    // Older checkpoints carry no metrics history and no checksum list: resume reads the history
+    // back from metrics.jsonl instead of wiping it.
+    let _turn = one_training_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_data(tmp.path(), 3);
+    let config = tiny_config(tmp.path(), 3, 0.5);
+    let straight = RunPaths::new(tmp.path().join("straight"));
+    train(&config, &straight, RunStart::New, &Silent).unwrap();
+    let old = RunPaths::new(tmp.path().join("old"));
+    train(
+        &config,
+        &old,
+        RunStart::New,
+        &StopAfter(2, Default::default()),
+    )
+    .unwrap();
+    for checkpoint in [old.last(), old.best()] {
+        let path = checkpoint.join("state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        state.as_object_mut().unwrap().remove("history");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, state.to_string()).unwrap();
+        std::fs::remove_file(checkpoint.join("checksums.json")).unwrap();
+    }
+    train(&config, &old, RunStart::Resume, &Silent).unwrap();
+    assert_eq!(timeless_metrics(&old), timeless_metrics(&straight));
+}
+
+#[test]
 fn runs_with_dropout_and_stochastic_depth_resume_exactly_too() {
     // MobileNetV2's classifier dropout and Swin-T's stochastic depth draw from the device
     // generator during training; it is reseeded at every epoch.

@@ -87,19 +87,19 @@ pub(crate) fn commit_epoch<M: Module + ModuleSnapshot>(
 
     let best = staging.join(BEST);
     std::fs::create_dir(&best).map_err(io(&best))?;
-    let (source, files): (_, &[&str]) = if improved {
-        (last.clone(), &[MODEL_FILE, STATE_FILE])
+    let source = if improved {
+        last.clone()
     } else {
-        (
-            checkpoints.join(BEST),
-            &[MODEL_FILE, STATE_FILE, CHECKSUMS_FILE],
-        )
+        checkpoints.join(BEST)
     };
-    for name in files {
+    for name in [MODEL_FILE, STATE_FILE] {
         link_or_copy(&source.join(name), &best.join(name)).map_err(io(&best.join(name)))?;
     }
-    if improved {
+    let previous_sums = source.join(CHECKSUMS_FILE);
+    if improved || !previous_sums.exists() {
         write_checksums(&best, &[MODEL_FILE, STATE_FILE]).map_err(io(&best))?;
+    } else {
+        link_or_copy(&previous_sums, &best.join(CHECKSUMS_FILE)).map_err(io(&best))?;
     }
     swap_in_dir(&staging, checkpoints).map_err(io(checkpoints))
 }

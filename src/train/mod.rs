@@ -336,6 +336,9 @@ pub fn train(
         if resume_from_checkpoint {
             checkpoint::load_model(&run.last(), &mut model)?;
             (optimizer, state) = checkpoint::load_training_state(&run.last(), optimizer)?;
+            if state.history.len() < state.epochs_done {
+                state.history = legacy_history(&run.metrics(), state.epochs_done);
+            }
             if let Some(change) = record.changes.last_mut()
                 && recorded.config.epochs != config.epochs
             {
@@ -875,6 +878,25 @@ impl EpochTotals {
             images_per_second: self.images as f64 / seconds.max(1e-9),
         }
     }
+}
+
+/// The metrics history of a checkpoint written before checkpoints carried it: the valid lines of
+/// `metrics.jsonl` for the epochs the checkpoint holds (fewer, with a warning, if some are damaged).
+fn legacy_history(path: &Path, epochs: usize) -> Vec<EpochMetrics> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let history: Vec<EpochMetrics> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .take(epochs)
+        .collect();
+    if history.len() < epochs {
+        tracing::warn!(
+            "{}: only {} of the {epochs} epochs' lines could be read back",
+            path.display(),
+            history.len()
+        );
+    }
+    history
 }
 
 /// The text of `metrics.jsonl`: one JSON line per epoch of `history`.
