@@ -243,14 +243,11 @@ fn eval_refuses_data_that_does_not_fit_the_model() {
     let tmp = tempfile::tempdir().unwrap();
     write_data(tmp.path());
     let out = tmp.path().join("run");
-    let output = lacoot()
-        .args(train_args(tmp.path(), &out))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    common::ok(
+        lacoot()
+            .args(train_args(tmp.path(), &out))
+            .output()
+            .unwrap(),
     );
     let run = out.to_str().unwrap().to_string();
 
