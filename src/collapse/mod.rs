@@ -86,17 +86,6 @@ impl CollapseSettings {
                 "--target-macs must be positive".to_string(),
             ),
             (
-                self.score.num_projections == 0,
-                "--num-projections must be at least 1".to_string(),
-            ),
-            (
-                self.score.num_projections > crate::ot::MAX_NUM_PROJECTIONS,
-                format!(
-                    "--num-projections must be at most {}",
-                    crate::ot::MAX_NUM_PROJECTIONS
-                ),
-            ),
-            (
                 self.score.batch_size < 2,
                 "--batch-size must be at least 2 (a point cloud)".to_string(),
             ),
@@ -107,7 +96,8 @@ impl CollapseSettings {
         ];
         match problems.into_iter().find(|(bad, _)| *bad) {
             Some((_, problem)) => Err(CollapseError::Settings(problem)),
-            None => Ok(()),
+            None => crate::ot::check_num_projections(self.score.num_projections)
+                .map_err(CollapseError::Settings),
         }
     }
 }

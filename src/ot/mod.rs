@@ -35,6 +35,18 @@ pub const DEFAULT_NUM_PROJECTIONS: usize = 50;
 /// map no longer fits in memory).
 pub const MAX_NUM_PROJECTIONS: usize = 100_000;
 
+/// Checks a user's number of directions: between 1 and [`MAX_NUM_PROJECTIONS`]; the problem names
+/// the `--num-projections` flag.
+pub fn check_num_projections(count: usize) -> Result<(), String> {
+    if (1..=MAX_NUM_PROJECTIONS).contains(&count) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--num-projections must be between 1 and {MAX_NUM_PROJECTIONS}, not {count}"
+        ))
+    }
+}
+
 /// The most elements (`d · L`) a set of directions may hold: 4 GiB of f32.
 pub const MAX_DIRECTION_ELEMENTS: usize = 1 << 30;
 

@@ -178,14 +178,6 @@ impl TrainConfig {
                 format!("--lambda must be a finite number >= 0, not {}", self.lambda),
             ),
             (
-                !(1..=crate::ot::MAX_NUM_PROJECTIONS).contains(&self.num_projections),
-                format!(
-                    "--num-projections must be between 1 and {}, not {}",
-                    crate::ot::MAX_NUM_PROJECTIONS,
-                    self.num_projections
-                ),
-            ),
-            (
                 !(finite(self.p) && self.p >= 1.0),
                 format!("--p must be a finite number >= 1, not {}", self.p),
             ),
@@ -204,7 +196,7 @@ impl TrainConfig {
         ];
         match problems.into_iter().find(|(bad, _)| *bad) {
             Some((_, problem)) => Err(problem),
-            None => Ok(()),
+            None => crate::ot::check_num_projections(self.num_projections),
         }
     }
 }

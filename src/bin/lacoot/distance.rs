@@ -7,8 +7,8 @@ use clap::Args;
 use lacoot::arrays::HostArray;
 use lacoot::device::default_device;
 use lacoot::ot::{
-    self, Ascent, AscentStop, DirectionSampler, Directions, MAX_NUM_PROJECTIONS,
-    max_sliced_wasserstein, sliced_wasserstein,
+    self, Ascent, AscentStop, DirectionSampler, Directions, max_sliced_wasserstein,
+    sliced_wasserstein,
 };
 use serde_json::json;
 
@@ -75,12 +75,7 @@ pub fn run(args: &DistanceArgs) -> Result<()> {
     if !(args.p.is_finite() && args.p >= 1.0) {
         bail!("--p must be a finite number >= 1, not {}", args.p);
     }
-    if !(1..=MAX_NUM_PROJECTIONS).contains(&args.num_projections) {
-        bail!(
-            "--num-projections must be between 1 and {MAX_NUM_PROJECTIONS}, not {}",
-            args.num_projections
-        );
-    }
+    ot::check_num_projections(args.num_projections).map_err(anyhow::Error::msg)?;
     let read = |path: &std::path::Path, tensor: Option<&str>| -> Result<HostArray> {
         let array = HostArray::read(path, tensor)?;
         if !array.all_finite() {
