@@ -124,7 +124,10 @@ pub fn load_model(dir: &Path) -> Result<(Manifest, Network), CollapseError> {
     })?;
     let manifest: Manifest = serde_json::from_str(&text)
         .map_err(|e| weights_error(&manifest_path, format!("not a valid manifest: {e}")))?;
-    let mut model = manifest.model.build(&default_device())?;
+    let mut model = manifest
+        .model
+        .build(&default_device())
+        .map_err(|e| weights_error(&manifest_path, e.to_string()))?;
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.is_file() {
         return Err(weights_error(&weights, "missing".into()));

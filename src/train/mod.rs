@@ -924,7 +924,10 @@ pub fn load_run_model(
 ) -> Result<(RunRecord, Network), TrainError> {
     let record = run.read_record()?;
     let device: Device = crate::device::default_device();
-    let mut model = record.model.build(&device)?;
+    let mut model = record
+        .model
+        .build(&device)
+        .map_err(|e| TrainError::Checkpoint(run.config(), e.to_string()))?;
     checkpoint::load_model(checkpoint_dir, &mut model)?;
     Ok((record, model.valid()))
 }
