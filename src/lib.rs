@@ -16,6 +16,7 @@ pub mod arrays;
 pub mod collapse;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod fsutil;
 pub mod memory;
 pub mod models;

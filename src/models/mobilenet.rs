@@ -178,7 +178,7 @@ impl MobileNetV2Config {
 }
 
 /// A convolution, batch norm and ReLU6 (torchvision's `Conv2dNormActivation`).
-type ConvNorm = (Conv2d, BatchNorm);
+pub(crate) type ConvNorm = (Conv2d, BatchNorm);
 
 fn conv_norm(
     in_channels: usize,
@@ -230,7 +230,7 @@ fn conv_norm_cost((conv, norm): &ConvNorm, shape: [usize; 3]) -> (Cost, [usize; 
 // moved by value only between training steps.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-enum Feature {
+pub(crate) enum Feature {
     /// The stem or the final 1x1 convolution.
     Conv(ConvNorm),
     /// An inverted residual block.
@@ -242,7 +242,7 @@ enum Feature {
 // moved by value only between training steps.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-enum ResidualLayer {
+pub(crate) enum ResidualLayer {
     /// The expansion or the depthwise convolution, with batch norm and ReLU6.
     Activated(ConvNorm),
     /// The linear 1x1 projection.
@@ -255,9 +255,9 @@ enum ResidualLayer {
 /// linear 1x1 projection, and a residual connection when the shape is preserved.
 #[derive(Module, Debug)]
 pub struct InvertedResidual {
-    conv: Vec<ResidualLayer>,
+    pub(crate) conv: Vec<ResidualLayer>,
     #[module(skip)]
-    residual: bool,
+    pub(crate) residual: bool,
 }
 
 impl InvertedResidual {
@@ -293,7 +293,7 @@ impl InvertedResidual {
     }
 
     /// The index of the depthwise layer in `conv`.
-    fn depthwise_index(&self) -> usize {
+    pub(crate) fn depthwise_index(&self) -> usize {
         self.conv.len() - 3
     }
 
@@ -391,14 +391,14 @@ struct DepthwiseSplit {
 /// (`features.N`) or their depthwise units (`features.N.conv.K`), see [`RemovalUnit`].
 #[derive(Module, Debug)]
 pub struct MobileNetV2 {
-    features: Vec<Feature>,
-    classifier: (Dropout, Linear),
+    pub(crate) features: Vec<Feature>,
+    pub(crate) classifier: (Dropout, Linear),
     /// One sample's input shape `[C, H, W]`.
     #[module(skip)]
     input_shape: [usize; 3],
     /// What the removable blocks are.
     #[module(skip)]
-    unit: RemovalUnit,
+    pub(crate) unit: RemovalUnit,
     /// Blocks replaced by identity.
     #[module(skip)]
     removed: BTreeSet<String>,
@@ -406,7 +406,7 @@ pub struct MobileNetV2 {
 
 impl MobileNetV2 {
     /// The name of the removable block of feature `index`.
-    fn block_name(&self, index: usize, block: &InvertedResidual) -> String {
+    pub(crate) fn block_name(&self, index: usize, block: &InvertedResidual) -> String {
         match self.unit {
             RemovalUnit::Block => format!("features.{index}"),
             RemovalUnit::Depthwise => format!("features.{index}.conv.{}", block.depthwise_index()),

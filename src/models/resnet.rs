@@ -138,11 +138,11 @@ impl ResNetConfig {
 /// identity or, when the shape changes, a strided 1x1 convolution with batch norm (`downsample`).
 #[derive(Module, Debug)]
 pub struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    downsample: Option<(Conv2d, BatchNorm)>,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) conv2: Conv2d,
+    pub(crate) bn2: BatchNorm,
+    pub(crate) downsample: Option<(Conv2d, BatchNorm)>,
 }
 
 impl BasicBlock {
@@ -216,15 +216,15 @@ impl BasicBlock {
 /// blocks named `layerS.I`.
 #[derive(Module, Debug)]
 pub struct ResNet {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    maxpool: MaxPool2d,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) maxpool: MaxPool2d,
     layer1: Vec<BasicBlock>,
     layer2: Vec<BasicBlock>,
     layer3: Vec<BasicBlock>,
     layer4: Vec<BasicBlock>,
     avgpool: AdaptiveAvgPool2d,
-    fc: Linear,
+    pub(crate) fc: Linear,
     /// One sample's input shape `[C, H, W]`, which block shapes and costs are computed for.
     #[module(skip)]
     input_shape: [usize; 3],
@@ -235,7 +235,7 @@ pub struct ResNet {
 
 impl ResNet {
     /// The blocks in forward order, with their names.
-    fn named_blocks(&self) -> impl Iterator<Item = (String, &BasicBlock)> {
+    pub(crate) fn named_blocks(&self) -> impl Iterator<Item = (String, &BasicBlock)> {
         [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .enumerate()

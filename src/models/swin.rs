@@ -67,6 +67,15 @@ const PATCH_SIZE: usize = 4;
 /// Hidden width of the MLPs, relative to their input.
 const MLP_RATIO: usize = 4;
 
+/// The epsilon of every layer norm (torchvision's `nn.LayerNorm` default).
+pub(crate) const LAYER_NORM_EPSILON: f64 = 1e-5;
+
+fn layer_norm(dim: usize, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(dim)
+        .with_epsilon(LAYER_NORM_EPSILON)
+        .init(device)
+}
+
 impl SwinConfig {
     /// torchvision's `swin_t`: embedding 96, depths 2, 2, 6, 2, heads 3, 6, 12, 24, window 7,
     /// stochastic depth 0.2, for 3-channel images.
@@ -114,7 +123,7 @@ impl SwinConfig {
                 .with_stride([PATCH_SIZE, PATCH_SIZE])
                 .init(device),
             ChannelsLast,
-            LayerNormConfig::new(self.embed_dim).init(device),
+            layer_norm(self.embed_dim, device),
         ))];
         let mut block_id = 0;
         for stage in 0..4 {
@@ -146,14 +155,14 @@ impl SwinConfig {
             if stage < 3 {
                 features.push(SwinFeature::Merging(PatchMerging {
                     reduction: swin_linear(4 * dim, 2 * dim, false, device),
-                    norm: LayerNormConfig::new(4 * dim).init(device),
+                    norm: layer_norm(4 * dim, device),
                 }));
             }
         }
         let last = self.embed_dim << 3;
         Ok(SwinTransformer {
             features,
-            norm: LayerNormConfig::new(last).init(device),
+            norm: layer_norm(last, device),
             head: swin_linear(last, self.num_classes, true, device),
             input_shape: [self.in_channels, self.input_size, self.input_size],
             pairing: self.pairing,
@@ -216,19 +225,19 @@ impl StochasticDepth {
 /// torchvision's `ShiftedWindowAttention`.
 #[derive(Module, Debug)]
 pub struct ShiftedWindowAttention {
-    qkv: Linear,
-    proj: Linear,
+    pub(crate) qkv: Linear,
+    pub(crate) proj: Linear,
     relative_position_bias_table: Param<Tensor<2>>,
     #[module(skip)]
-    window_size: usize,
+    pub(crate) window_size: usize,
     #[module(skip)]
-    shift_size: usize,
+    pub(crate) shift_size: usize,
     #[module(skip)]
-    num_heads: usize,
+    pub(crate) num_heads: usize,
 }
 
 /// The padded side of a feature map of side `length`, and the shift that applies to it.
-fn padded_and_shift(length: usize, window: usize, shift: usize) -> (usize, usize) {
+pub(crate) fn padded_and_shift(length: usize, window: usize, shift: usize) -> (usize, usize) {
     let padded = length.div_ceil(window) * window;
     (padded, if window >= padded { 0 } else { shift })
 }
@@ -253,7 +262,7 @@ fn relative_position_index(window: usize) -> Vec<i64> {
 
 /// torchvision's attention mask for shifted windows on a `padded` x `padded` map: 0 between
 /// tokens of the same region before the shift, -100 otherwise; `[windows, N, N]` row-major.
-fn shift_mask(padded: usize, window: usize, shift: usize) -> Vec<f32> {
+pub(crate) fn shift_mask(padded: usize, window: usize, shift: usize) -> Vec<f32> {
     let region = |i: usize| {
         if i < padded - window {
             0
@@ -374,7 +383,7 @@ impl ShiftedWindowAttention {
     }
 
     /// The bias added to the attention logits, `[1, heads, N, N]`.
-    fn relative_position_bias(&self) -> Tensor<4> {
+    pub(crate) fn relative_position_bias(&self) -> Tensor<4> {
         let table = self.relative_position_bias_table.val();
         let tokens = self.window_size * self.window_size;
         let index = relative_position_index(self.window_size);
@@ -409,11 +418,11 @@ impl ShiftedWindowAttention {
 /// residual connection with stochastic depth.
 #[derive(Module, Debug)]
 pub struct SwinBlock {
-    norm1: LayerNorm,
-    attn: ShiftedWindowAttention,
+    pub(crate) norm1: LayerNorm,
+    pub(crate) attn: ShiftedWindowAttention,
     stochastic_depth: StochasticDepth,
-    norm2: LayerNorm,
-    mlp: (Linear, Gelu, Dropout, Linear, Dropout),
+    pub(crate) norm2: LayerNorm,
+    pub(crate) mlp: (Linear, Gelu, Dropout, Linear, Dropout),
 }
 
 impl SwinBlock {
@@ -426,10 +435,10 @@ impl SwinBlock {
         device: &Device,
     ) -> Self {
         Self {
-            norm1: LayerNormConfig::new(dim).init(device),
+            norm1: layer_norm(dim, device),
             attn: ShiftedWindowAttention::new(dim, heads, window, shift, device),
             stochastic_depth: StochasticDepth::new(drop),
-            norm2: LayerNormConfig::new(dim).init(device),
+            norm2: layer_norm(dim, device),
             mlp: (
                 swin_linear(dim, MLP_RATIO * dim, true, device),
                 Gelu::new(),
@@ -474,8 +483,8 @@ impl SwinBlock {
 /// the channels.
 #[derive(Module, Debug)]
 pub struct PatchMerging {
-    reduction: Linear,
-    norm: LayerNorm,
+    pub(crate) reduction: Linear,
+    pub(crate) norm: LayerNorm,
 }
 
 impl PatchMerging {
@@ -516,7 +525,7 @@ impl PatchMerging {
 
 /// One entry of torchvision's `features` list.
 #[derive(Module, Debug)]
-enum SwinFeature {
+pub(crate) enum SwinFeature {
     /// 4x4 patches to `embed_dim` channels, channels last, layer norm.
     PatchEmbedding((Conv2d, ChannelsLast, LayerNorm)),
     /// A stage of Swin blocks.
@@ -529,9 +538,9 @@ enum SwinFeature {
 /// (`features.S.I`, 12 in Swin-T), all of them shape-preserving.
 #[derive(Module, Debug)]
 pub struct SwinTransformer {
-    features: Vec<SwinFeature>,
-    norm: LayerNorm,
-    head: Linear,
+    pub(crate) features: Vec<SwinFeature>,
+    pub(crate) norm: LayerNorm,
+    pub(crate) head: Linear,
     /// One sample's input shape `[C, H, W]`.
     #[module(skip)]
     input_shape: [usize; 3],
