@@ -6,8 +6,13 @@ pub mod torchvision;
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{Tensor, TensorData};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
 use crate::collapse::saved::load_model;
 use crate::data::Normalization;
+use crate::device::default_device;
 use crate::fsutil::write_atomic;
 use crate::models::{BlockNetwork, ModelSpec, Network};
 use crate::train::{RunPaths, load_run_model};
@@ -120,6 +125,46 @@ impl ExportSource {
     }
 }
 
+/// Images in the reference batch.
+const REFERENCE_BATCH: usize = 4;
+
+/// A fixed batch of inputs (`input`, `[4, C, H, W]`) and the logits lacoot computes for it
+/// (`logits`), as safetensors bytes.
+pub fn reference_batch(source: &ExportSource) -> Result<Vec<u8>, ExportError> {
+    let [c, h, w] = source.network.input_shape();
+    let shape = [REFERENCE_BATCH, c, h, w];
+    let count = shape.iter().product::<usize>();
+    // A fixed pattern in about [-2, 2]; no randomness, so the file is reproducible.
+    let input: Vec<f32> = (0..count)
+        .map(|i| ((i * 7919 % 1009) as f32 / 252.0 - 2.0) * ((i % 7) as f32 / 7.0 + 0.5))
+        .collect();
+    let logits = source.network.forward(Tensor::from_data(
+        TensorData::new(input.clone(), shape),
+        &default_device(),
+    ));
+    let logits_shape = logits.dims().to_vec();
+    let logits: Vec<f32> = logits
+        .into_data()
+        .try_to_vec()
+        .map_err(|e| ExportError::Graph(format!("cannot read the reference logits: {e:?}")))?;
+    let input_bytes: &[u8] = bytemuck::cast_slice(&input);
+    let logits_bytes: &[u8] = bytemuck::cast_slice(&logits);
+    let failure = |e: safetensors::SafeTensorError| {
+        ExportError::Graph(format!("cannot write the reference batch: {e}"))
+    };
+    let views = vec![
+        (
+            "input",
+            TensorView::new(Dtype::F32, shape.to_vec(), input_bytes).map_err(failure)?,
+        ),
+        (
+            "logits",
+            TensorView::new(Dtype::F32, logits_shape, logits_bytes).map_err(failure)?,
+        ),
+    ];
+    safetensors::serialize(views, None).map_err(failure)
+}
+
 /// Which checkpoint of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Checkpoint {
@@ -129,8 +174,14 @@ pub enum Checkpoint {
     Last,
 }
 
-/// Writes the source's network as an ONNX model to `path` (atomically); returns its size in
-/// bytes.
+/// The file beside an exported ONNX model `path` that holds its reference batch
+/// (`model.onnx` → `model.reference.safetensors`).
+pub fn reference_path(path: &Path) -> PathBuf {
+    path.with_extension("reference.safetensors")
+}
+
+/// Writes the source's network as an ONNX model to `path` and its reference batch to
+/// [`reference_path`] (each atomically); returns the model's size in bytes.
 pub fn write_onnx(
     source: &ExportSource,
     path: &Path,
@@ -142,9 +193,12 @@ pub fn write_onnx(
         batch,
         &source.metadata(),
     )?;
-    write_atomic(path, &bytes).map_err(|source| ExportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ExportError::Io { path, source }
+    };
+    let reference = reference_path(path);
+    write_atomic(&reference, &reference_batch(source)?).map_err(io(&reference))?;
+    write_atomic(path, &bytes).map_err(io(path))?;
     Ok(bytes.len())
 }

@@ -244,7 +244,7 @@ pub(crate) fn padded_and_shift(length: usize, window: usize, shift: usize) -> (u
 
 /// torchvision's relative position index: for every pair of positions of a window, the row of the
 /// bias table that holds their offset.
-fn relative_position_index(window: usize) -> Vec<i64> {
+pub(crate) fn relative_position_index(window: usize) -> Vec<i64> {
     let positions: Vec<(i64, i64)> = (0..window as i64)
         .flat_map(|h| (0..window as i64).map(move |w| (h, w)))
         .collect();

@@ -4,6 +4,7 @@ mod architecture;
 mod collapse;
 mod demo;
 mod distance;
+mod export;
 mod inspect;
 mod train;
 
@@ -39,6 +40,7 @@ enum Command {
     Train(train::TrainArgs),
     Eval(train::EvalArgs),
     Collapse(collapse::CollapseArgs),
+    Export(export::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         ),
         Command::Eval(args) => train::run_eval(&args),
         Command::Collapse(args) => collapse::run(&args),
+        Command::Export(args) => export::run(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
