@@ -10,12 +10,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use burn::module::Module;
+
 pub use criteria::{Criterion, ScoreSettings, static_scores};
 pub use latency::{Latency, LatencySettings, interleaved_latencies};
 
-use crate::data::load_splits;
+use crate::data::{DataSource, ImageSet, Normalization, load_splits};
+use crate::device::default_device;
+use crate::models::ModelSpec;
+use crate::models::weights::load_torch_weights;
 use crate::models::{BlockNetwork, Network};
 use crate::train::{RegularisedBlocks, RunPaths, TrainError, evaluate, load_run_model};
+use saved::Manifest;
 
 /// What can go wrong while collapsing.
 #[derive(Debug, thiserror::Error)]
@@ -166,8 +172,10 @@ pub struct CollapseStep {
 /// Everything a collapse measured, as written to `collapse/report.json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CollapseReport {
-    /// The run collapsed.
+    /// The run collapsed (or the weights file, for weights trained elsewhere).
     pub run: PathBuf,
+    /// Where the network comes from, when it is not a lacoot training run.
+    pub note: Option<String>,
     /// The settings.
     pub settings: CollapseSettings,
     /// The split scores and the budget were judged on (`validation` or `train`).
@@ -187,6 +195,129 @@ pub struct CollapseReport {
     pub split_images: [usize; 2],
 }
 
+/// What a collapse works on: a network and the data that judges it, from a training run or from
+/// weights trained elsewhere.
+pub struct CollapseInput {
+    /// The network, eval mode.
+    pub model: Network,
+    /// The split that scores blocks and judges the budget.
+    pub selection: Arc<ImageSet>,
+    /// The test split (reported, never used for a choice).
+    pub test: Arc<ImageSet>,
+    /// The normalisation the network expects.
+    pub normalization: Normalization,
+    /// Order of the Wasserstein distance the scores use.
+    pub p: f64,
+    /// The saved model's manifest before the collapse (no removals, no accuracies yet).
+    pub manifest: Manifest,
+    /// What the report should say about where the network comes from, if anything unusual.
+    pub note: Option<String>,
+}
+
+impl CollapseInput {
+    /// The best checkpoint of a training run, judged on the run's own splits.
+    pub fn from_run(run: &RunPaths, split: ScoreSplit) -> Result<Self, CollapseError> {
+        let (record, model) = load_run_model(run, &run.best())?;
+        let splits = load_splits(
+            &record.config.data,
+            record.config.validation_fraction,
+            record.config.seed,
+        )?;
+        record.check_data(&splits)?;
+        Ok(Self {
+            model,
+            selection: Arc::new(match split {
+                ScoreSplit::Val => splits.validation,
+                ScoreSplit::Train => splits.train,
+            }),
+            test: Arc::new(splits.test),
+            normalization: record.normalization.clone(),
+            p: record.config.p,
+            manifest: Manifest::before_collapse(&record, &run.root),
+            note: None,
+        })
+    }
+
+    /// A PyTorch checkpoint with torchvision's names (see [`WeightsImport`]), judged on splits of
+    /// `import.data` carved as a training run would carve them.
+    pub fn from_weights(import: &WeightsImport, split: ScoreSplit) -> Result<Self, CollapseError> {
+        let splits = load_splits(&import.data, import.validation_fraction, import.seed)?;
+        let [channels, height, width] = splits.train.shape;
+        if height != width {
+            return Err(CollapseError::Settings(format!(
+                "{}: images are {height}x{width}; lacoot's networks take square images",
+                splits.description
+            )));
+        }
+        let spec = ModelSpec {
+            in_channels: channels,
+            input_size: height,
+            num_classes: splits.train.num_classes(),
+            removed_blocks: Vec::new(),
+            ..import.model.clone()
+        };
+        let mut model = spec.build(&default_device())?;
+        load_torch_weights(&mut model, &import.weights, import.strip_prefix.as_deref())?;
+        let normalization = match &import.normalization {
+            Some(given) if given.mean.len() != channels || given.std.len() != channels => {
+                return Err(CollapseError::Settings(format!(
+                    "--mean and --std need {channels} values each, one per channel of {}",
+                    splits.description
+                )));
+            }
+            Some(given) => given.clone(),
+            None => splits.train.channel_statistics(),
+        };
+        let manifest = Manifest {
+            model: spec,
+            normalization: normalization.clone(),
+            data: import.data.clone(),
+            validation_fraction: import.validation_fraction,
+            seed: import.seed,
+            source_run: import.weights.clone(),
+            data_description: splits.description.clone(),
+            selection_split: String::new(),
+            selection_accuracy: 0.0,
+            test_accuracy: 0.0,
+        };
+        Ok(Self {
+            model: model.valid(),
+            selection: Arc::new(match split {
+                ScoreSplit::Val => splits.validation,
+                ScoreSplit::Train => splits.train,
+            }),
+            test: Arc::new(splits.test),
+            normalization,
+            p: 2.0,
+            manifest,
+            note: Some(format!(
+                "weights from {} (not trained with the LaCoOT regulariser by lacoot: the scores are training-free)",
+                import.weights.display()
+            )),
+        })
+    }
+}
+
+/// A checkpoint trained elsewhere, to collapse without a lacoot training run.
+#[derive(Clone, Debug)]
+pub struct WeightsImport {
+    /// A `.pth` / `.pt` (torch.save) or `.safetensors` file with torchvision's names.
+    pub weights: PathBuf,
+    /// A wrapper's prefix to strip from the file's keys (e.g. `backbone.`).
+    pub strip_prefix: Option<String>,
+    /// The architecture and its options; channels, input size and classes come from the data.
+    pub model: ModelSpec,
+    /// The data that judges the network.
+    pub data: DataSource,
+    /// Fraction of the training data held out as the validation split.
+    pub validation_fraction: f64,
+    /// Seed of the split.
+    pub seed: u64,
+    /// The normalisation the network was trained with; computed from the training split if
+    /// absent.
+    pub normalization: Option<Normalization>,
+}
+
 /// Collapses the best checkpoint of `run` as `settings` ask; `progress` hears about each step.
 ///
 /// Blocks are scored, and the budget judged, on `settings.score_split` (validation by default);
@@ -197,28 +328,30 @@ pub fn collapse(
     progress: &dyn Fn(&str),
 ) -> Result<(CollapseReport, Network), CollapseError> {
     settings.validate()?;
-    let (record, model) = load_run_model(run, &run.best())?;
-    let splits = load_splits(
-        &record.config.data,
-        record.config.validation_fraction,
-        record.config.seed,
-    )?;
-    record.check_data(&splits)?;
-    let selection = Arc::new(match settings.score_split {
-        ScoreSplit::Val => splits.validation,
-        ScoreSplit::Train => splits.train,
-    });
+    let input = CollapseInput::from_run(run, settings.score_split)?;
+    collapse_network(&input, settings, progress)
+}
+
+/// Collapses `input.model` as `settings` ask (see [`collapse`]).
+pub fn collapse_network(
+    input: &CollapseInput,
+    settings: &CollapseSettings,
+    progress: &dyn Fn(&str),
+) -> Result<(CollapseReport, Network), CollapseError> {
+    settings.validate()?;
+    let selection = &input.selection;
+    let test = &input.test;
+    let model = &input.model;
     if selection.is_empty() {
         return Err(CollapseError::Settings(format!(
-            "the run has no {} split (trained with --validation-fraction 0), so it can neither score blocks nor judge the budget on it; pass --split train to score and choose on the training split",
+            "there is no {} split (trained with --validation-fraction 0?), so it can neither score blocks nor judge the budget on it; pass --split train to score and choose on the training split",
             settings.score_split.label()
         )));
     }
-    let test = Arc::new(splits.test);
-    let normalization = &record.normalization;
+    let normalization = &input.normalization;
     let batch_size = settings.score.batch_size;
-    let p = record.config.p;
-    let candidates = crate::train::regularised_blocks(&model, settings.blocks);
+    let p = input.p;
+    let candidates = crate::train::regularised_blocks(model, settings.blocks);
     if candidates.is_empty() {
         return Err(CollapseError::Budget(
             "the network has no removable block".into(),
@@ -233,9 +366,9 @@ pub fn collapse(
             settings.criterion
         ));
         scores = static_scores(
-            &model,
+            model,
             &candidates,
-            &selection,
+            selection,
             normalization,
             settings.criterion,
             &settings.score,
@@ -254,7 +387,7 @@ pub fn collapse(
             for name in &remaining {
                 let mut trial = trial_model.clone();
                 trial.remove_blocks(std::slice::from_ref(name))?;
-                let loss = evaluate(&trial, &selection, normalization, batch_size)?.loss;
+                let loss = evaluate(&trial, selection, normalization, batch_size)?.loss;
                 if !loss.is_finite() {
                     return Err(CollapseError::NonFinite(format!(
                         "the {} loss without block {name} is {loss}",
@@ -286,8 +419,8 @@ pub fn collapse(
             "step {k}: evaluating {}",
             k.checked_sub(1).map_or("the full network", |i| &order[i])
         ));
-        let on_selection = evaluate(network, &selection, normalization, batch_size)?;
-        let on_test = evaluate(network, &test, normalization, batch_size)?;
+        let on_selection = evaluate(network, selection, normalization, batch_size)?;
+        let on_test = evaluate(network, test, normalization, batch_size)?;
         evaluations.push((on_selection, on_test));
     }
     progress(&format!(
@@ -330,14 +463,15 @@ pub fn collapse(
     let chosen = choose(&steps, settings.max_drop, settings.target_macs)?;
     let chosen_model = networks.swap_remove(chosen);
     let report = CollapseReport {
-        run: run.root.clone(),
+        run: input.manifest.source_run.clone(),
+        note: input.note.clone(),
         settings: settings.clone(),
         selection_split: settings.score_split.label().to_string(),
         scores,
         order,
         steps,
         chosen,
-        data: splits.description,
+        data: input.manifest.data_description.clone(),
         split_images: [selection.len(), test.len()],
     };
     Ok((report, chosen_model))

@@ -45,27 +45,35 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The manifest of the network `report` chose from the run recorded in `record`.
-    pub fn for_chosen(
-        record: &crate::train::RunRecord,
-        run: &Path,
-        report: &super::CollapseReport,
-    ) -> Self {
-        let chosen = &report.steps[report.chosen];
+    /// The manifest of the run recorded in `record`, before any collapse: no removals, no
+    /// accuracies.
+    pub fn before_collapse(record: &crate::train::RunRecord, run: &Path) -> Self {
         Self {
-            model: ModelSpec {
-                removed_blocks: report.order[..chosen.blocks_removed].to_vec(),
-                ..record.model.clone()
-            },
+            model: record.model.clone(),
             normalization: record.normalization.clone(),
             data: record.config.data.clone(),
             validation_fraction: record.config.validation_fraction,
             seed: record.config.seed,
             source_run: run.to_path_buf(),
             data_description: record.data_description.clone(),
+            selection_split: String::new(),
+            selection_accuracy: 0.0,
+            test_accuracy: 0.0,
+        }
+    }
+
+    /// This manifest for the network `report` chose: its removals and accuracies.
+    pub fn for_chosen(&self, report: &super::CollapseReport) -> Self {
+        let chosen = &report.steps[report.chosen];
+        Self {
+            model: ModelSpec {
+                removed_blocks: report.order[..chosen.blocks_removed].to_vec(),
+                ..self.model.clone()
+            },
             selection_split: report.selection_split.clone(),
             selection_accuracy: chosen.selection.accuracy,
             test_accuracy: chosen.test.accuracy,
+            ..self.clone()
         }
     }
 }

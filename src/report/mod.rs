@@ -16,6 +16,9 @@ pub fn collapse_markdown(report: &CollapseReport) -> String {
     let mut out = String::new();
     let s = &report.settings;
     let _ = writeln!(out, "# Collapse of `{}`\n", report.run.display());
+    if let Some(note) = &report.note {
+        let _ = writeln!(out, "**Note:** {note}\n");
+    }
     let _ = writeln!(
         out,
         "Criterion `{:?}`, removable blocks `{:?}`, budget: {} accuracy drop ≤ {} points{}. Data: {}. No finetuning.\n",
@@ -141,17 +144,27 @@ pub fn publish_collapse(
     report: &CollapseReport,
     chosen_model: &crate::models::Network,
 ) -> Result<std::path::PathBuf, PublishError> {
-    use crate::collapse::saved::{Manifest, save_model};
     let record = run.read_record()?;
     let out = run.root.join("collapse");
-    let io = |e| PublishError::Io(out.clone(), e);
-    let staging = crate::fsutil::staging_dir(&out).map_err(io)?;
-    let manifest = Manifest::for_chosen(&record, &run.root, report);
-    save_model(&staging.join("model"), chosen_model, &manifest)?;
+    let manifest = crate::collapse::saved::Manifest::before_collapse(&record, &run.root);
+    publish_collapse_to(&out, &manifest.for_chosen(report), report, chosen_model)?;
+    Ok(out)
+}
+
+/// Writes a collapse's report, plots and chosen model (with `manifest`) into the folder `out`,
+/// replacing it whole.
+pub fn publish_collapse_to(
+    out: &Path,
+    manifest: &crate::collapse::saved::Manifest,
+    report: &CollapseReport,
+    chosen_model: &crate::models::Network,
+) -> Result<(), PublishError> {
+    let io = |e| PublishError::Io(out.to_path_buf(), e);
+    let staging = crate::fsutil::staging_dir(out).map_err(io)?;
+    crate::collapse::saved::save_model(&staging.join("model"), chosen_model, manifest)?;
     write_collapse_report(&staging, report).map_err(io)?;
     write_collapse_plots(&staging, report)?;
-    crate::fsutil::swap_in_dir(&staging, &out).map_err(io)?;
-    Ok(out)
+    crate::fsutil::swap_in_dir(&staging, out).map_err(io)
 }
 
 /// Writes `report.json` and `report.md` into `dir`, each atomically.

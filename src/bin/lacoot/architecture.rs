@@ -1,7 +1,7 @@
 //! The architecture flags that `train` and `inspect` share.
 
 use clap::Args;
-use lacoot::models::{Architecture, FeaturePairing, RemovalUnit, StemKind};
+use lacoot::models::{Architecture, FeaturePairing, ModelSpec, RemovalUnit, StemKind};
 
 /// Which network, at what width, with which removable units.
 #[derive(Debug, Args)]
@@ -32,4 +32,18 @@ pub struct ArchitectureArgs {
     /// the input and the MLP branch before the residual add.
     #[arg(long, value_enum, default_value = "block")]
     pub pairing: FeaturePairing,
+}
+
+impl ArchitectureArgs {
+    /// The model these flags describe; channels, input size and classes are placeholders that
+    /// the data fills in.
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            stem: self.stem,
+            width: self.width.unwrap_or(self.model.default_width()),
+            unit: self.unit,
+            pairing: self.pairing,
+            ..ModelSpec::new(self.model, 0, 0, 0)
+        }
+    }
 }

@@ -1,14 +1,18 @@
 //! `lacoot collapse`: remove blocks without finetuning and report what each removal costs and saves.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lacoot::collapse::{
-    CollapseSettings, Criterion, LatencySettings, ScoreSettings, ScoreSplit, collapse,
+    CollapseInput, CollapseSettings, Criterion, LatencySettings, ScoreSettings, ScoreSplit,
+    WeightsImport, collapse, collapse_network,
 };
-use lacoot::report::{collapse_table, publish_collapse};
+use lacoot::data::{DataSource, Normalization};
+use lacoot::report::{collapse_table, publish_collapse, publish_collapse_to};
+
+use crate::architecture::ArchitectureArgs;
 use lacoot::train::{RegularisedBlocks, RunPaths};
 
 /// Remove blocks without finetuning; report accuracy, MACs and measured latency per removal.
@@ -32,8 +36,55 @@ use lacoot::train::{RegularisedBlocks, RunPaths};
 #[command(allow_negative_numbers = true)]
 pub struct CollapseArgs {
     /// The run folder written by lacoot train (its best checkpoint is collapsed).
-    #[arg(long, value_name = "DIR")]
-    run: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "weights",
+        conflicts_with = "weights"
+    )]
+    run: Option<PathBuf>,
+
+    /// Collapse a network trained elsewhere, with no lacoot training run: a PyTorch checkpoint
+    /// with torchvision's state_dict names (.pth/.pt from torch.save, or .safetensors). Say which
+    /// network it is with --model/--stem/--width/--unit; the data with --data/--data-dir (the
+    /// validation split is carved from its training data as lacoot train would, with
+    /// --validation-fraction and --seed); the report goes to --out. Such a network was not trained
+    /// with the LaCoOT regulariser: the scores are training-free, and the report says so.
+    #[arg(long, value_name = "FILE", requires_all = ["data", "out"])]
+    weights: Option<PathBuf>,
+
+    #[command(flatten)]
+    architecture: ArchitectureArgs,
+
+    /// With --weights: a wrapper's prefix to strip from the file's keys (e.g. backbone.).
+    #[arg(long, requires = "weights")]
+    strip_prefix: Option<String>,
+
+    /// With --weights: the data set (fashion-mnist, fashion-mnist-subset, mnist, cifar10,
+    /// cifar100, image-folder).
+    #[arg(long, requires = "weights")]
+    data: Option<String>,
+
+    /// With --weights: the data set's folder.
+    #[arg(long, value_name = "DIR", requires = "data")]
+    data_dir: Option<PathBuf>,
+
+    /// With --weights: fraction of each training class held out as the validation split.
+    #[arg(long, default_value_t = 0.1, requires = "weights")]
+    validation_fraction: f64,
+
+    /// With --weights: the per-channel mean the network was trained with (comma-separated, for
+    /// pixels in [0, 1]); computed from the training split when absent.
+    #[arg(long, value_delimiter = ',', requires_all = ["weights", "std"], allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+
+    /// With --weights: the per-channel standard deviation (comma-separated).
+    #[arg(long, value_delimiter = ',', requires_all = ["weights", "mean"])]
+    std: Option<Vec<f32>>,
+
+    /// With --weights: the folder for the report, plots and collapsed model.
+    #[arg(long, value_name = "DIR", requires = "weights")]
+    out: Option<PathBuf>,
 
     /// How blocks are ranked: mswd (the paper), swd, block-influence, angular, random, loss-drop.
     #[arg(long, value_enum, default_value = "mswd")]
@@ -61,7 +112,8 @@ pub struct CollapseArgs {
     #[arg(long, default_value_t = 500)]
     num_projections: usize,
 
-    /// Seed of the scoring directions and of the random criterion.
+    /// Seed of the scoring directions and of the random criterion (with --weights, also of the
+    /// validation split).
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
@@ -73,6 +125,45 @@ pub struct CollapseArgs {
     /// quartiles are reported).
     #[arg(long, default_value_t = 25)]
     latency_repeats: usize,
+}
+
+/// The import a `--weights` collapse asks for.
+fn weights_import(args: &CollapseArgs, weights: &Path) -> Result<WeightsImport> {
+    let data = args
+        .data
+        .as_deref()
+        .expect("clap requires --data with --weights");
+    let normalization = match (&args.mean, &args.std) {
+        (Some(mean), Some(std)) => {
+            if mean.len() != std.len() {
+                bail!(
+                    "--mean has {} values but --std has {}",
+                    mean.len(),
+                    std.len()
+                );
+            }
+            if let Some(bad) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                bail!("--std values must be positive, not {bad}");
+            }
+            if let Some(bad) = mean.iter().find(|m| !m.is_finite()) {
+                bail!("--mean values must be finite, not {bad}");
+            }
+            Some(Normalization {
+                mean: mean.clone(),
+                std: std.clone(),
+            })
+        }
+        _ => None,
+    };
+    Ok(WeightsImport {
+        weights: weights.to_path_buf(),
+        strip_prefix: args.strip_prefix.clone(),
+        model: args.architecture.spec(),
+        data: DataSource::from_name(data, args.data_dir.clone()).map_err(anyhow::Error::msg)?,
+        validation_fraction: args.validation_fraction,
+        seed: args.seed,
+        normalization,
+    })
 }
 
 /// Parses `70M`, `1.5G`, `64690000`.
@@ -94,10 +185,6 @@ fn parse_macs(text: &str) -> Result<u64, String> {
 
 /// Runs the collapse, writes the report and the model, prints the table.
 pub fn run(args: &CollapseArgs) -> Result<()> {
-    let run = RunPaths::new(&args.run);
-    if !run.config().is_file() {
-        bail!("{}: not a lacoot run (no config.json)", args.run.display());
-    }
     let settings = CollapseSettings {
         criterion: args.criterion,
         score_split: args.split,
@@ -114,11 +201,39 @@ pub fn run(args: &CollapseArgs) -> Result<()> {
             repeats: args.latency_repeats,
         },
     };
-    let (report, model) = with_spinner(|progress| collapse(&run, &settings, progress))?;
-    let out = publish_collapse(&run, &report, &model)?;
+    let (report, out) = match (&args.run, &args.weights) {
+        (Some(run_dir), _) => {
+            let run = RunPaths::new(run_dir);
+            if !run.config().is_file() {
+                bail!("{}: not a lacoot run (no config.json)", run_dir.display());
+            }
+            let (report, model) = with_spinner(|progress| collapse(&run, &settings, progress))?;
+            let out = publish_collapse(&run, &report, &model)?;
+            (report, out)
+        }
+        (None, Some(weights)) => {
+            let import = weights_import(args, weights)?;
+            let out = args
+                .out
+                .clone()
+                .expect("clap requires --out with --weights");
+            let input = with_spinner(|progress| {
+                progress("loading the data and the weights");
+                CollapseInput::from_weights(&import, settings.score_split)
+            })?;
+            let (report, model) =
+                with_spinner(|progress| collapse_network(&input, &settings, progress))?;
+            publish_collapse_to(&out, &input.manifest.for_chosen(&report), &report, &model)?;
+            (report, out)
+        }
+        (None, None) => unreachable!("clap requires --run or --weights"),
+    };
+    if let Some(note) = &report.note {
+        println!("note: {note}");
+    }
     println!("{}", collapse_table(&report));
     println!(
-        "report: {0}/report.md and {0}/report.json; plots: {0}/accuracy_vs_blocks.svg|png, {0}/accuracy_vs_macs.svg|png\nmodel: {0}/model (lacoot eval --model {0}/model)",
+        "report: {0}/report.md and {0}/report.json; plots: {0}/accuracy_vs_blocks.svg|png, {0}/accuracy_vs_macs.svg|png\nmodel: {0}/model (lacoot eval --model {0}/model; lacoot export --model {0}/model --format onnx|torchvision)",
         out.display()
     );
     Ok(())
