@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ONNX Runtime on models written by `lacoot export --format onnx --dynamic-batch`.
 
-For each model: checks ONNX Runtime's logits on the reference batch lacoot wrote beside it
+For each model: runs the ONNX checker (`onnx.checker.check_model(full_check=True)`) when the
+`onnx` package is installed, checks ONNX Runtime's logits on the reference batch lacoot wrote beside it
 (NAME.reference.safetensors) against lacoot's (within --atol + --rtol * max |logits|), then measures latency at batch 1 and 64 (inputs
 drawn once; warm-up runs, then the median and quartiles of --repeats timed runs, the models timed
 in interleaved rounds so that machine noise hits them alike). The first model is the baseline that
@@ -49,6 +50,14 @@ def main() -> int:
     parser.add_argument("--rtol", type=float, default=1e-6)
     args = parser.parse_args()
 
+    try:
+        import onnx
+
+        for path in args.models:
+            onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+            print(f"{path}: the ONNX checker (onnx {onnx.__version__}, full check) passes")
+    except ImportError:
+        print("(the onnx package is not installed: the ONNX checker is skipped)")
     sessions = [session(path, args.threads) for path in args.models]
     print(f"ONNX Runtime {ort.__version__}, {args.threads} threads")
     for path, model in zip(args.models, sessions):
