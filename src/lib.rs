@@ -22,4 +22,5 @@ pub mod memory;
 pub mod models;
 pub mod ot;
 pub mod report;
+pub mod sweep;
 pub mod train;

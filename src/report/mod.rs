@@ -1,6 +1,7 @@
 //! Reports a person reads: the collapse table as Markdown, the JSON beside it, and plots.
 
 mod plots;
+pub mod sweep;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::path::Path;
 use crate::collapse::CollapseReport;
 use crate::fsutil::write_atomic;
 
-pub use plots::{PlotError, write_collapse_plots};
+pub use plots::{PlotError, write_collapse_plots, write_sweep_plots};
 
 /// The collapse as a Markdown document: settings, scores, and one row per removal step with the
 /// chosen one marked.

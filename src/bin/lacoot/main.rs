@@ -6,6 +6,7 @@ mod demo;
 mod distance;
 mod export;
 mod inspect;
+mod sweep;
 mod train;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -41,6 +42,7 @@ enum Command {
     Eval(train::EvalArgs),
     Collapse(collapse::CollapseArgs),
     Export(export::ExportArgs),
+    Sweep(sweep::SweepArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +63,12 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => train::run_eval(&args),
         Command::Collapse(args) => collapse::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Sweep(args) => sweep::run(
+            &args,
+            matches
+                .subcommand_matches("sweep")
+                .expect("the sweep subcommand"),
+        ),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -53,12 +53,19 @@ pub struct TrainArgs {
     force: bool,
 
     #[command(flatten)]
-    architecture: ArchitectureArgs,
+    pub settings: TrainSettingsArgs,
+}
+
+/// The training settings (everything but the run folder), shared by `train` and `sweep`.
+#[derive(Debug, Args)]
+pub struct TrainSettingsArgs {
+    #[command(flatten)]
+    pub architecture: ArchitectureArgs,
 
     /// The data set: fashion-mnist (Debian's copy when installed, else the embedded subset),
     /// fashion-mnist-subset, mnist, cifar10, cifar100 or image-folder.
     #[arg(long, default_value = "fashion-mnist")]
-    data: String,
+    pub data: String,
 
     /// The data set's folder (for image-folder: the folder holding train/ and test/).
     #[arg(long, value_name = "DIR")]
@@ -140,8 +147,9 @@ pub struct TrainArgs {
     strip_prefix: Option<String>,
 }
 
-impl TrainArgs {
-    fn config(&self) -> Result<TrainConfig> {
+impl TrainSettingsArgs {
+    /// The settings as the library takes them.
+    pub fn config(&self) -> Result<TrainConfig> {
         let data =
             DataSource::from_name(&self.data, self.data_dir.clone()).map_err(anyhow::Error::msg)?;
         let augmentation = (self.crop_padding > 0 || !self.no_flip).then_some(Augmentation {
@@ -200,7 +208,7 @@ pub fn run_train(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
             .read_record()
             .with_context(|| format!("cannot resume {}", args.out.display()))?
             .config;
-        let typed = args.config()?;
+        let typed = args.settings.config()?;
         let (ours, theirs) = (
             serde_json::to_value(&typed)?,
             serde_json::to_value(&recorded)?,
@@ -227,7 +235,7 @@ pub fn run_train(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
             matches.value_source("epochs") == Some(clap::parser::ValueSource::CommandLine);
         let config = TrainConfig {
             epochs: if epochs_typed {
-                args.epochs
+                args.settings.epochs
             } else {
                 recorded.epochs
             },
@@ -235,9 +243,9 @@ pub fn run_train(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         };
         (config, RunStart::Resume)
     } else if args.force {
-        (args.config()?, RunStart::Replace)
+        (args.settings.config()?, RunStart::Replace)
     } else {
-        (args.config()?, RunStart::New)
+        (args.settings.config()?, RunStart::New)
     };
     let bars = EpochBars::default();
     let interrupts = interrupt_counter()?;
