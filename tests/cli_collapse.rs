@@ -122,4 +122,12 @@ fn the_demo_trains_collapses_and_compares() {
     for run in ["baseline", "lacoot"] {
         assert!(out.join(run).join("collapse/report.md").is_file(), "{run}");
     }
+    assert!(text.contains("on one plot"), "{text}");
+    for plot in ["test_accuracy_vs_macs", "test_accuracy_vs_latency"] {
+        for extension in ["svg", "png"] {
+            assert!(out.join(format!("comparison/{plot}.{extension}")).is_file());
+        }
+    }
+    let comparison = common::read_json(&out.join("comparison/report.json"));
+    assert_eq!(comparison["lambdas"].as_array().unwrap().len(), 2);
 }

@@ -208,16 +208,22 @@ pub fn sweep_report(root: &Path) -> Result<SweepReport, PublishError> {
         })
         .collect();
     folders.sort();
+    report_of_runs(root, &folders)
+}
+
+/// Aggregates the collapsed runs in `folders` (any run folders, grouped by their recorded λ) as
+/// the sweep `root`.
+pub fn report_of_runs(root: &Path, folders: &[PathBuf]) -> Result<SweepReport, PublishError> {
     let mut members = Vec::new();
     let mut unfinished = Vec::new();
     let mut splits = Vec::new();
     for folder in folders {
-        match read_member(&folder)? {
+        match read_member(folder)? {
             Some((member, split)) => {
                 members.push(member);
                 splits.push(split);
             }
-            None => unfinished.push(folder),
+            None => unfinished.push(folder.clone()),
         }
     }
     if members.is_empty() {
@@ -395,6 +401,13 @@ pub fn sweep_markdown(report: &SweepReport) -> String {
 /// Writes `ROOT/sweep/` (report.json, report.md, the plots), replacing it whole; returns its path.
 pub fn publish_sweep(report: &SweepReport) -> Result<PathBuf, PublishError> {
     let out = report.root.join("sweep");
+    publish_sweep_to(report, &out)?;
+    Ok(out)
+}
+
+/// Writes the folder `out` (report.json, report.md, the plots), replacing it whole.
+pub fn publish_sweep_to(report: &SweepReport, out: &Path) -> Result<(), PublishError> {
+    let out = out.to_path_buf();
     let io = |e| PublishError::Io(out.clone(), e);
     let staging = staging_dir(&out).map_err(io)?;
     std::fs::create_dir_all(&staging).map_err(io)?;
@@ -406,8 +419,7 @@ pub fn publish_sweep(report: &SweepReport) -> Result<PathBuf, PublishError> {
     )
     .map_err(io)?;
     write_sweep_plots(&staging, report)?;
-    swap_in_dir(&staging, &out).map_err(io)?;
-    Ok(out)
+    swap_in_dir(&staging, &out).map_err(io)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use lacoot::collapse::{
 };
 use lacoot::data::DataSource;
 use lacoot::report::publish_collapse;
+use lacoot::report::sweep::{publish_sweep_to, report_of_runs};
 use lacoot::train::{RegularisedBlocks, RunPaths, RunStart, TrainConfig, train};
 
 use crate::collapse::with_spinner;
@@ -23,7 +24,8 @@ use crate::train::EpochBars;
 /// side. 3 to 8 minutes on 2 cores at the defaults (measured 2 min 54 s on an AMD EPYC, 7 min 54 s
 /// on an Intel Xeon).
 ///
-/// Writes OUT/baseline and OUT/lacoot (runs, each with collapse/report.md, plots and model/).
+/// Writes OUT/baseline and OUT/lacoot (runs, each with collapse/report.md, plots and model/), and
+/// OUT/comparison (both on one plot: test accuracy against MACs and against measured latency).
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
 pub struct DemoArgs {
@@ -111,6 +113,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         reports[0].1.data
     );
     print_side_by_side(&reports[0].1, &reports[1].1, args.lambda);
+    let folders: Vec<PathBuf> = ["baseline", "lacoot"]
+        .iter()
+        .map(|name| args.out.join(name))
+        .collect();
+    let comparison = args.out.join("comparison");
+    publish_sweep_to(&report_of_runs(&args.out, &folders)?, &comparison)?;
     for (name, report, out) in &reports {
         let chosen = &report.steps[report.chosen];
         println!(
@@ -124,6 +132,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             out.display()
         );
     }
+    println!(
+        "baseline and LaCoOT on one plot: {0}/test_accuracy_vs_macs.svg|png and {0}/test_accuracy_vs_latency.svg|png (table: {0}/report.md)",
+        comparison.display()
+    );
     Ok(())
 }
 
