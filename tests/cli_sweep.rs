@@ -42,6 +42,7 @@ fn a_sweep_trains_collapses_and_reports_every_member_once() {
     let table = ok(output.clone());
     let progress = String::from_utf8(output.stderr).unwrap();
     assert_eq!(progress.matches(": done in").count(), 4, "{progress}");
+    assert_eq!(most_at_once(&progress), 2, "--jobs 2: {progress}");
     assert!(table.contains("Pareto frontier"), "{table}");
     for member in [
         "lambda-0-seed-0",
@@ -76,11 +77,16 @@ fn a_sweep_trains_collapses_and_reports_every_member_once() {
         }
     }
 
-    // The same command again: nothing to do.
-    let again = sweep(tmp.path(), &out, &["--lambdas", "0,1", "--seeds", "0,1"]);
+    // The same command again, one member at a time: nothing to do.
+    let again = sweep(
+        tmp.path(),
+        &out,
+        &["--lambdas", "0,1", "--seeds", "0,1", "--jobs", "1"],
+    );
     let progress = String::from_utf8(again.stderr.clone()).unwrap();
     ok(again);
     assert_eq!(progress.matches("skipped").count(), 4, "{progress}");
+    assert_eq!(most_at_once(&progress), 1, "--jobs 1: {progress}");
 
     // A shard of a larger sweep runs only its members; the report covers what has finished.
     let shard = sweep(
@@ -126,6 +132,21 @@ fn a_sweep_trains_collapses_and_reports_every_member_once() {
         error.contains("lambda-0-seed-0") && error.contains("width"),
         "{error}"
     );
+}
+
+/// The most members running at the same time, from the progress lines.
+fn most_at_once(progress: &str) -> usize {
+    let (mut running, mut most) = (0usize, 0usize);
+    for line in progress.lines() {
+        if line.contains(": running") {
+            running += 1;
+            most = most.max(running);
+        } else if line.contains(": done in") || line.contains("FAILED") || line.contains("skipped")
+        {
+            running -= 1;
+        }
+    }
+    most
 }
 
 #[test]

@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-
-use rayon::prelude::*;
 
 use crate::collapse::{CollapseError, CollapseSettings, collapse};
 use crate::report::{PublishError, publish_collapse};
@@ -264,32 +263,39 @@ pub fn run_sweep(
             .build()
             .map_err(|e| SweepError::Settings(format!("cannot start {count} threads: {e}")))
     };
-    let outer = pool(jobs)?;
+    // Plain threads take members from a shared counter; each runs its member inside its own rayon
+    // pool. (An outer rayon pool would not do: a rayon worker waiting on another pool steals its
+    // own pool's next task meanwhile, so every member would start at once.)
+    let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
-    outer.install(|| {
-        members
-            .par_iter()
-            .enumerate()
-            .with_max_len(1)
-            .for_each(|(index, member)| {
-                observer.member(index, total, member, &MemberEvent::Started);
-                let started = Instant::now();
-                let outcome =
-                    pool(per_job).and_then(|inner| inner.install(|| run_member(plan, member)));
-                let event = match outcome {
-                    Ok(true) => MemberEvent::Finished(started.elapsed().as_secs_f64()),
-                    Ok(false) => MemberEvent::Skipped,
-                    Err(error) => {
-                        let line = format!("{}: {error}", member.folder.display());
-                        failures
-                            .lock()
-                            .expect("no panics while held")
-                            .push(line.clone());
-                        MemberEvent::Failed(line)
-                    }
-                };
-                observer.member(index, total, member, &event);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(total) {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(member) = members.get(index) else {
+                        break;
+                    };
+                    observer.member(index, total, member, &MemberEvent::Started);
+                    let started = Instant::now();
+                    let outcome =
+                        pool(per_job).and_then(|inner| inner.install(|| run_member(plan, member)));
+                    let event = match outcome {
+                        Ok(true) => MemberEvent::Finished(started.elapsed().as_secs_f64()),
+                        Ok(false) => MemberEvent::Skipped,
+                        Err(error) => {
+                            let line = format!("{}: {error}", member.folder.display());
+                            failures
+                                .lock()
+                                .expect("no panics while held")
+                                .push(line.clone());
+                            MemberEvent::Failed(line)
+                        }
+                    };
+                    observer.member(index, total, member, &event);
+                }
             });
+        }
     });
     let failures = failures.into_inner().expect("no panics while held");
     if failures.is_empty() {

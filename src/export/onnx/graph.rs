@@ -286,6 +286,24 @@ impl GraphBuilder {
         })
     }
 
+    /// The classifier head of every architecture: global average pooling over `[batch, C, H, W]`,
+    /// flattening, then the linear layer named `name`.
+    pub fn pooled_classifier(
+        &mut self,
+        name: &str,
+        linear: &Linear,
+        input: &str,
+    ) -> Result<String, ExportError> {
+        let pooled = self.node("GlobalAveragePool", "avgpool", &[input], &[]);
+        let flat = self.node(
+            "Flatten",
+            "flatten",
+            &[&pooled],
+            &[Attribute::Int("axis", 1)],
+        );
+        self.linear(name, linear, &flat, 2)
+    }
+
     /// Layer norm over the last axis with scale `gamma` and shift `beta`.
     pub fn layer_norm(
         &mut self,

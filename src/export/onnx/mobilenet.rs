@@ -1,7 +1,7 @@
 //! MobileNetV2 as an ONNX graph: convolutions with their batch norms folded in, ReLU6 as `Clip`,
 //! removed blocks or depthwise units absent.
 
-use super::graph::{Attribute, GraphBuilder};
+use super::graph::GraphBuilder;
 use crate::export::ExportError;
 use crate::models::mobilenet::{Feature, ResidualLayer};
 use crate::models::{BlockNetwork, MobileNetV2, RemovalUnit};
@@ -67,12 +67,5 @@ pub fn lower(
             }
         }
     }
-    let pooled = graph.node("GlobalAveragePool", "avgpool", &[&x], &[]);
-    let flat = graph.node(
-        "Flatten",
-        "flatten",
-        &[&pooled],
-        &[Attribute::Int("axis", 1)],
-    );
-    graph.linear("classifier.1", &net.classifier.1, &flat, 2)
+    graph.pooled_classifier("classifier.1", &net.classifier.1, &x)
 }

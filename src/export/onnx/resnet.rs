@@ -49,12 +49,5 @@ pub fn lower(graph: &mut GraphBuilder, net: &ResNet, input: &str) -> Result<Stri
         let sum = graph.node("Add", &format!("{name}.add"), &[&out, &shortcut], &[]);
         x = graph.node("Relu", &format!("{name}.relu2"), &[&sum], &[]);
     }
-    let pooled = graph.node("GlobalAveragePool", "avgpool", &[&x], &[]);
-    let flat = graph.node(
-        "Flatten",
-        "flatten",
-        &[&pooled],
-        &[Attribute::Int("axis", 1)],
-    );
-    graph.linear("fc", &net.fc, &flat, 2)
+    graph.pooled_classifier("fc", &net.fc, &x)
 }

@@ -45,14 +45,7 @@ pub fn lower(
     }
     let normed = graph.layer_norm("norm", &net.norm, LAYER_NORM_EPSILON, &x)?;
     let first = graph.transpose("permute", &normed, &[0, 3, 1, 2]);
-    let pooled = graph.node("GlobalAveragePool", "avgpool", &[&first], &[]);
-    let flat = graph.node(
-        "Flatten",
-        "flatten",
-        &[&pooled],
-        &[Attribute::Int("axis", 1)],
-    );
-    graph.linear("head", &net.head, &flat, 2)
+    graph.pooled_classifier("head", &net.head, &first)
 }
 
 /// A Swin block on `[B, H, W, C]` features of one sample's shape `[C, H, W]`.
