@@ -77,6 +77,32 @@ fn a_sweep_trains_collapses_and_reports_every_member_once() {
         }
     }
 
+    // A member of a parallel sweep has exactly the numbers of the same run trained alone.
+    let alone = tmp.path().join("alone");
+    ok(lacoot()
+        .args(["train", "--data", "mnist", "--data-dir"])
+        .arg(tmp.path())
+        .args(["--width", "4", "--epochs", "1", "--batch-size", "10"])
+        .args(["--num-projections", "4", "--validation-fraction", "0.25"])
+        .args(["--lambda", "1", "--seed", "1", "--out"])
+        .arg(&alone)
+        .output()
+        .unwrap());
+    let metrics = |run: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+                let fields = value.as_object_mut().unwrap();
+                fields.remove("seconds");
+                fields.remove("images_per_second");
+                value
+            })
+            .collect()
+    };
+    assert_eq!(metrics(&alone), metrics(&out.join("lambda-1-seed-1")));
+
     // The same command again, one member at a time: nothing to do.
     let again = sweep(
         tmp.path(),

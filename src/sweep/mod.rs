@@ -1,10 +1,9 @@
 //! λ sweeps: one training run per (λ, seed), each collapsed, in one folder that a re-run
-//! completes (finished members are skipped) and that several machines can share (`shard`).
+//! completes (finished members are skipped) and that several processes or machines can share
+//! (`shard`).
 //! [`crate::report::sweep`] aggregates the members' collapse reports.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::collapse::{CollapseError, CollapseSettings, collapse};
@@ -233,20 +232,20 @@ pub fn run_member(plan: &SweepPlan, member: &Member) -> Result<bool, SweepError>
     Ok(true)
 }
 
-/// Runs the members of `plan` under `root` (those of `shard` only, if given), `jobs` at a time,
-/// each with its share of the machine's threads. A failed member does not stop the others; the
-/// sweep then ends with [`SweepError::Members`].
+/// Runs the members of `plan` under `root` (those of `shard` only, if given), one after the other.
+/// A failed member does not stop the others; the sweep then ends with [`SweepError::Members`].
+///
+/// Members never run side by side in one process: burn's random number generator is
+/// process-global, so concurrent trainings would draw from each other's stream (initialisation,
+/// dropout, stochastic depth) and lose their seeds' reproducibility. Parallel sweeps run one
+/// process per shard (the CLI's `--jobs`).
 pub fn run_sweep(
     plan: &SweepPlan,
     root: &Path,
-    jobs: usize,
     shard: Option<Shard>,
     observer: &dyn SweepObserver,
 ) -> Result<(), SweepError> {
     plan.validate()?;
-    if jobs == 0 {
-        return Err(SweepError::Settings("--jobs must be at least 1".into()));
-    }
     let members: Vec<Member> = plan
         .members(root)
         .into_iter()
@@ -255,49 +254,21 @@ pub fn run_sweep(
         .map(|(_, member)| member)
         .collect();
     let total = members.len();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_job = (threads / jobs).max(1);
-    let pool = |count: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(count)
-            .build()
-            .map_err(|e| SweepError::Settings(format!("cannot start {count} threads: {e}")))
-    };
-    // Plain threads take members from a shared counter; each runs its member inside its own rayon
-    // pool. (An outer rayon pool would not do: a rayon worker waiting on another pool steals its
-    // own pool's next task meanwhile, so every member would start at once.)
-    let next = AtomicUsize::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(total) {
-            scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(member) = members.get(index) else {
-                        break;
-                    };
-                    observer.member(index, total, member, &MemberEvent::Started);
-                    let started = Instant::now();
-                    let outcome =
-                        pool(per_job).and_then(|inner| inner.install(|| run_member(plan, member)));
-                    let event = match outcome {
-                        Ok(true) => MemberEvent::Finished(started.elapsed().as_secs_f64()),
-                        Ok(false) => MemberEvent::Skipped,
-                        Err(error) => {
-                            let line = format!("{}: {error}", member.folder.display());
-                            failures
-                                .lock()
-                                .expect("no panics while held")
-                                .push(line.clone());
-                            MemberEvent::Failed(line)
-                        }
-                    };
-                    observer.member(index, total, member, &event);
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().expect("no panics while held");
+    let mut failures = Vec::new();
+    for (index, member) in members.iter().enumerate() {
+        observer.member(index, total, member, &MemberEvent::Started);
+        let started = Instant::now();
+        let event = match run_member(plan, member) {
+            Ok(true) => MemberEvent::Finished(started.elapsed().as_secs_f64()),
+            Ok(false) => MemberEvent::Skipped,
+            Err(error) => {
+                let line = format!("{}: {error}", member.folder.display());
+                failures.push(line.clone());
+                MemberEvent::Failed(line)
+            }
+        };
+        observer.member(index, total, member, &event);
+    }
     if failures.is_empty() {
         Ok(())
     } else {

@@ -24,9 +24,9 @@ use crate::train::TrainSettingsArgs;
 /// Pareto frontier marked. Every choice (each collapse's chosen step, the frontier) is made on the
 /// validation split; test accuracy is reported beside it.
 ///
-/// --jobs N trains N members at once, each with its share of the cores; --shard i/N runs every
-/// N-th member only, so machines sharing OUT can split a sweep; --report-only re-assembles the
-/// report from whatever members have finished.
+/// --jobs N trains N members at once (N processes, each a shard with its share of the cores);
+/// --shard i/N runs every N-th member only, so machines sharing OUT can split a sweep;
+/// --report-only re-assembles the report from whatever members have finished.
 ///
 /// Examples:
 ///   lacoot sweep --lambdas 0,0.2,1,5 --seeds 0,1,2 --width 16 --epochs 12 --out runs/sweep
@@ -47,9 +47,13 @@ pub struct SweepArgs {
     #[arg(long, value_delimiter = ',', default_value = "0")]
     seeds: Vec<u64>,
 
-    /// Members trained at once; each gets cores / N threads.
-    #[arg(long, default_value_t = 1)]
-    jobs: usize,
+    /// Members trained at once, each in its own process (shard i/N) with cores / N threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    jobs: u32,
+
+    /// Set by --jobs on the processes it starts: run the shard, leave the report to the parent.
+    #[arg(long, hide = true)]
+    member_only: bool,
 
     /// Run only every N-th member, starting at the i-th (i/N, e.g. 2/3).
     #[arg(long, value_name = "i/N")]
@@ -90,7 +94,6 @@ pub struct SweepArgs {
 
 /// One line per member event on standard error, with an estimate of the time left.
 struct ProgressLines {
-    jobs: usize,
     state: Mutex<(usize, Vec<f64>)>,
 }
 
@@ -122,7 +125,7 @@ impl SweepObserver for ProgressLines {
             String::new()
         } else {
             let mean = durations.iter().sum::<f64>() / durations.len() as f64;
-            let left = (total - finished) as f64 * mean / self.jobs as f64;
+            let left = (total - finished) as f64 * mean;
             format!(
                 " — {finished}/{total} finished, about {:.0} min left",
                 left / 60.0
@@ -130,6 +133,52 @@ impl SweepObserver for ProgressLines {
         };
         eprintln!("{line}{eta}");
     }
+}
+
+/// Runs the sweep as `--jobs` processes of this program, shard `i/N` each with cores / N threads
+/// (burn's random generator is process-global, so members never share a process).
+fn run_in_processes(args: &SweepArgs) -> Result<()> {
+    if args.shard.is_some() {
+        bail!("--jobs starts its own shards; with --shard, give each shard --jobs 1");
+    }
+    let jobs = args.jobs as usize;
+    let program = std::env::current_exe()?;
+    let mut inherited: Vec<std::ffi::OsString> = Vec::new();
+    let mut given = std::env::args_os().skip(1);
+    while let Some(arg) = given.next() {
+        if arg == "--jobs" {
+            given.next();
+        } else if !arg.to_string_lossy().starts_with("--jobs=") {
+            inherited.push(arg);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / jobs).max(1).to_string();
+    let children = (1..=jobs)
+        .map(|index| {
+            std::process::Command::new(&program)
+                .args(&inherited)
+                .args(["--shard", &format!("{index}/{jobs}"), "--member-only"])
+                .env("RAYON_NUM_THREADS", &threads)
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut failed = Vec::new();
+    for (index, mut child) in children.into_iter().enumerate() {
+        let status = child.wait()?;
+        if !status.success() {
+            failed.push(format!("{}/{jobs}", index + 1));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "shard(s) {} failed (their errors are above); the report covers the members that finished: lacoot sweep --report-only --out {}",
+            failed.join(", "),
+            args.out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the sweep (unless --report-only), then writes and prints its report.
@@ -161,11 +210,18 @@ pub fn run(args: &SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
                 },
             },
         };
-        let observer = ProgressLines {
-            jobs: args.jobs.max(1),
-            state: Mutex::new((0, Vec::new())),
-        };
-        run_sweep(&plan, &args.out, args.jobs, args.shard, &observer)?;
+        if args.jobs > 1 {
+            plan.validate()?;
+            run_in_processes(args)?;
+        } else {
+            let observer = ProgressLines {
+                state: Mutex::new((0, Vec::new())),
+            };
+            run_sweep(&plan, &args.out, args.shard, &observer)?;
+        }
+        if args.member_only {
+            return Ok(());
+        }
     }
     let report = sweep_report(&args.out)?;
     let folder = publish_sweep(&report)?;
