@@ -131,7 +131,12 @@ impl SweepObserver for ProgressLines {
                 left / 60.0
             )
         };
-        eprintln!("{line}{eta}");
+        // One write per line: the shards of --jobs share standard error, and a line written in
+        // one piece (under the pipe's atomic size) never interleaves with another process's.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr().lock(),
+            format!("{line}{eta}\n").as_bytes(),
+        );
     }
 }
 
