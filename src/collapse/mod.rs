@@ -126,6 +126,14 @@ impl ScoreSplit {
             Self::Train => "train",
         }
     }
+
+    /// This split of a data set, given its validation and training splits.
+    pub fn pick(self, validation: ImageSet, train: ImageSet) -> ImageSet {
+        match self {
+            Self::Val => validation,
+            Self::Train => train,
+        }
+    }
 }
 
 /// Accuracy and loss of one network on one split, and the accuracy drop from the full network.
@@ -204,11 +212,10 @@ pub struct CollapseInput {
     pub selection: Arc<ImageSet>,
     /// The test split (reported, never used for a choice).
     pub test: Arc<ImageSet>,
-    /// The normalisation the network expects.
-    pub normalization: Normalization,
     /// Order of the Wasserstein distance the scores use.
     pub p: f64,
-    /// The saved model's manifest before the collapse (no removals, no accuracies yet).
+    /// The saved model's manifest before the collapse (no removals, no accuracies yet); its
+    /// normalisation is the one the network expects.
     pub manifest: Manifest,
     /// What the report should say about where the network comes from, if anything unusual.
     pub note: Option<String>,
@@ -226,12 +233,8 @@ impl CollapseInput {
         record.check_data(&splits)?;
         Ok(Self {
             model,
-            selection: Arc::new(match split {
-                ScoreSplit::Val => splits.validation,
-                ScoreSplit::Train => splits.train,
-            }),
+            selection: Arc::new(split.pick(splits.validation, splits.train)),
             test: Arc::new(splits.test),
-            normalization: record.normalization.clone(),
             p: record.config.p,
             manifest: Manifest::before_collapse(&record, &run.root),
             note: None,
@@ -270,7 +273,7 @@ impl CollapseInput {
         };
         let manifest = Manifest {
             model: spec,
-            normalization: normalization.clone(),
+            normalization,
             data: import.data.clone(),
             validation_fraction: import.validation_fraction,
             seed: import.seed,
@@ -282,12 +285,8 @@ impl CollapseInput {
         };
         Ok(Self {
             model: model.valid(),
-            selection: Arc::new(match split {
-                ScoreSplit::Val => splits.validation,
-                ScoreSplit::Train => splits.train,
-            }),
+            selection: Arc::new(split.pick(splits.validation, splits.train)),
             test: Arc::new(splits.test),
-            normalization,
             p: 2.0,
             manifest,
             note: Some(format!(
@@ -327,6 +326,7 @@ pub fn collapse(
     settings: &CollapseSettings,
     progress: &dyn Fn(&str),
 ) -> Result<(CollapseReport, Network), CollapseError> {
+    // Nonsense settings fail before any file is read.
     settings.validate()?;
     let input = CollapseInput::from_run(run, settings.score_split)?;
     collapse_network(&input, settings, progress)
@@ -348,7 +348,7 @@ pub fn collapse_network(
             settings.score_split.label()
         )));
     }
-    let normalization = &input.normalization;
+    let normalization = &input.manifest.normalization;
     let batch_size = settings.score.batch_size;
     let p = input.p;
     let candidates = crate::train::regularised_blocks(model, settings.blocks);
