@@ -17,9 +17,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lacoot::device::autodiff_device;
 use lacoot::models::{Architecture, ModelSpec, RemovalUnit};
 use lacoot::ot::DirectionSampler;
-use lacoot::train::{
-    RegularisedBlocks, TrainConfig, TrainingStep, build_optimizer, regularised_blocks,
-};
+use lacoot::train::{TrainConfig, TrainingStep, build_optimizer, regulariser_weights};
 
 const BATCH: usize = 128;
 
@@ -36,7 +34,7 @@ fn bench_spec(c: &mut Criterion, group_name: &str, spec: &ModelSpec) {
             ..TrainConfig::default()
         };
         let mut model = Some(spec.build(&device).unwrap());
-        let blocks = regularised_blocks(model.as_ref().unwrap(), RegularisedBlocks::All);
+        let blocks = regulariser_weights(model.as_ref().unwrap(), &config);
         let mut step = TrainingStep::new(&config, blocks, DirectionSampler::new(0), &device);
         let mut optimizer = build_optimizer(&config);
         let images = Tensor::<4>::random(
@@ -58,9 +56,9 @@ fn bench_spec(c: &mut Criterion, group_name: &str, spec: &ModelSpec) {
                     .run(
                         model.take().unwrap(),
                         &mut optimizer,
-                        images.clone(),
-                        labels.clone(),
+                        (images.clone(), labels.clone()),
                         0.01,
+                        lambda,
                     )
                     .unwrap();
                 model = Some(next);

@@ -8,10 +8,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use common::write_toy_data;
 
+use burn::tensor::{Int, Tensor, TensorData};
 use lacoot::data::DataSource;
-use lacoot::models::{Architecture, StemKind};
+use lacoot::device::autodiff_device;
+use lacoot::models::{Architecture, BlockNetwork, ModelSpec, Network, StemKind};
+use lacoot::ot::{DirectionKind, DirectionSampler};
 use lacoot::train::{
-    RegularisedBlocks, RunPaths, RunStart, Silent, TrainConfig, load_run_model, train,
+    BlockWeighting, RegularisedBlocks, RunPaths, RunStart, Silent, StepOutcome, TrainConfig,
+    TrainingStep, build_optimizer, load_run_model, regulariser_weights, train,
 };
 
 /// Training seeds burn's device generator, which the whole process shares: tests that train take
@@ -155,6 +159,137 @@ fn an_interrupted_run_resumes_exactly() {
             assert!(message.contains("lambda 1.0 (recorded 0.5)"), "{message}")
         }
         other => panic!("expected a configuration mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_run_with_every_regulariser_lever_resumes_exactly() {
+    let _turn = one_training_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_data(tmp.path(), 3);
+    let config = TrainConfig {
+        lambda_warmup: 1.5,
+        block_weighting: BlockWeighting::Macs,
+        directions: DirectionKind::Orthogonal,
+        ascent_steps: 2,
+        squared: true,
+        ..tiny_config(tmp.path(), 3, 0.5)
+    };
+    let run = assert_resumes_exactly(&config, tmp.path());
+    let recorded = run.read_record().unwrap().config;
+    assert_eq!(recorded, config);
+}
+
+/// One step of `config` on the same model, a fixed batch and a fixed direction stream.
+fn one_step(config: &TrainConfig, model: &Network, lambda: f64) -> StepOutcome {
+    let device = autodiff_device();
+    let pixels: Vec<f32> = (0..8 * 144)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let images = Tensor::<4>::from_data(TensorData::new(pixels, [8, 1, 12, 12]), &device);
+    let labels = Tensor::<1, Int>::from_data([0, 1, 2, 3, 0, 1, 2, 3], &device);
+    let weights = regulariser_weights(model, config);
+    let mut step = TrainingStep::new(config, weights, DirectionSampler::new(1), &device);
+    step.run(
+        model.clone(),
+        &mut build_optimizer(config),
+        (images, labels),
+        0.01,
+        lambda,
+    )
+    .unwrap()
+    .1
+}
+
+#[test]
+fn each_lever_changes_the_regulariser_as_documented() {
+    let _turn = one_training_at_a_time();
+    let device = autodiff_device();
+    device.seed(5);
+    let spec = ModelSpec {
+        stem: Some(StemKind::Cifar),
+        width: 4,
+        ..ModelSpec::new(Architecture::Resnet18, 1, 12, 4)
+    };
+    let model = spec.build(&device).unwrap();
+    let base = TrainConfig {
+        lambda: 2.0,
+        num_projections: 8,
+        ..TrainConfig::default()
+    };
+    let plain = one_step(&base, &model, 2.0);
+    let distances: Vec<f64> = plain.block_mswd.iter().map(|(_, d)| *d).collect();
+    let mean = |values: Vec<f64>| values.iter().sum::<f64>() / values.len() as f64;
+    assert_eq!(distances.len(), 5);
+    assert!((plain.regulariser - mean(distances.clone())).abs() < 1e-5);
+    assert!((plain.loss - plain.cross_entropy - 2.0 * plain.regulariser).abs() < 1e-4);
+
+    // The warm-up's λ weighs the regulariser; the distances are still measured.
+    let warming = one_step(&base, &model, 0.0);
+    assert_eq!(warming.loss, warming.cross_entropy);
+    assert_eq!(warming.block_mswd, plain.block_mswd);
+
+    // Squared: the mean of MSW_2², along the same directions.
+    let squared = one_step(
+        &TrainConfig {
+            squared: true,
+            ..base.clone()
+        },
+        &model,
+        2.0,
+    );
+    assert_eq!(squared.block_mswd, plain.block_mswd);
+    let squares = distances.iter().map(|d| d * d).collect();
+    assert!((squared.regulariser - mean(squares)).abs() < 1e-5);
+
+    // MACs weighting: weights proportional to the blocks' MACs with mean 1.
+    let by_macs = TrainConfig {
+        block_weighting: BlockWeighting::Macs,
+        ..base.clone()
+    };
+    let weights = regulariser_weights(&model, &by_macs);
+    let macs: std::collections::BTreeMap<String, f64> = model
+        .blocks()
+        .into_iter()
+        .map(|b| (b.name, b.macs as f64))
+        .collect();
+    assert!((weights.values().sum::<f64>() - 5.0).abs() < 1e-12);
+    let ratio = weights["layer1.0"] / weights["layer4.1"];
+    assert!((ratio - macs["layer1.0"] / macs["layer4.1"]).abs() < 1e-12);
+    let weighted = one_step(&by_macs, &model, 2.0);
+    let expected = plain
+        .block_mswd
+        .iter()
+        .map(|(name, d)| weights[name] * d)
+        .collect();
+    assert!((weighted.regulariser - mean(expected)).abs() < 1e-5);
+
+    // Ascent: never below the best random direction, block by block.
+    let ascent = one_step(
+        &TrainConfig {
+            ascent_steps: 3,
+            ..base.clone()
+        },
+        &model,
+        2.0,
+    );
+    for ((name, refined), (_, random)) in ascent.block_mswd.iter().zip(&plain.block_mswd) {
+        assert!(refined >= random, "{name}: {refined} < {random}");
+    }
+    assert!(ascent.regulariser > plain.regulariser);
+
+    // Orthogonal directions: other directions from the same stream, a distance of the same size.
+    let orthogonal = one_step(
+        &TrainConfig {
+            directions: DirectionKind::Orthogonal,
+            ..base.clone()
+        },
+        &model,
+        2.0,
+    );
+    assert_ne!(orthogonal.block_mswd, plain.block_mswd);
+    for ((_, a), (_, b)) in orthogonal.block_mswd.iter().zip(&plain.block_mswd) {
+        assert!(a / b > 0.5 && a / b < 2.0);
     }
 }
 

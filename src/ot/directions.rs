@@ -1,4 +1,5 @@
-//! Projection directions: unit vectors drawn uniformly on the sphere, or given by the user.
+//! Projection directions: unit vectors drawn uniformly on the sphere (independently, or as
+//! orthonormal groups), or given by the user.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rand::SeedableRng;
@@ -106,6 +107,29 @@ impl Directions {
     }
 }
 
+/// How a set of random directions is drawn.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectionKind {
+    /// Independent uniform unit vectors (the paper's and POT's).
+    #[default]
+    Random,
+    /// Uniformly random orthonormal groups (as in UnifOrtho): the directions, taken in groups of
+    /// at most `d/2`, are the Q factor of the independent draw's groups, so no two directions of a
+    /// group probe the same part of the space.
+    Orthogonal,
+}
+
 /// Draws directions uniformly on the unit sphere (normalised standard Gaussians).
 ///
 /// Each call to [`DirectionSampler::sample`] returns fresh directions. The sampler owns its own
@@ -162,6 +186,90 @@ impl DirectionSampler {
             scales: Some(scales),
         })
     }
+
+    /// Draws `count` fresh directions of the given kind (see [`DirectionSampler::sample`]). An
+    /// orthogonal draw uses the same stream as a random one: it orthonormalises that draw's
+    /// directions in groups of at most `max(1, dim / 2)`.
+    pub fn sample_kind(
+        &mut self,
+        kind: DirectionKind,
+        dim: usize,
+        count: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Directions, OtError> {
+        let independent = self.sample(dim, count, device, dtype)?;
+        if kind == DirectionKind::Random {
+            return Ok(independent);
+        }
+        let columns = independent.columns();
+        let group = (dim / 2).max(1);
+        let groups = (0..count)
+            .step_by(group)
+            .map(|start| orthonormalise(columns.clone().narrow(1, start, group.min(count - start))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Directions {
+            columns: Tensor::cat(groups, 1),
+            scales: None,
+        })
+    }
+}
+
+/// The Q factor of the thin QR factorisation of a full-rank `[d, k]` matrix, by CholeskyQR2: twice,
+/// `R` is the Cholesky factor of the Gram matrix (computed in f64 on the host; `k` is small) and
+/// `Q = A·R⁻¹`. `R`'s diagonal is positive, so the Q of a Gaussian matrix is uniformly distributed
+/// over orthonormal frames; the second pass brings orthogonality to the element type's precision.
+fn orthonormalise(matrix: Tensor<2>) -> Result<Tensor<2>, OtError> {
+    let k = matrix.dims()[1];
+    let (device, dtype) = (matrix.device(), matrix.dtype());
+    let mut q = matrix;
+    for _ in 0..2 {
+        let gram = q
+            .clone()
+            .transpose()
+            .matmul(q.clone())
+            .try_into_vec_as::<f64>()
+            .map_err(|e| OtError::Backend(e.to_string()))?;
+        let inverse = upper_triangular_inverse(&cholesky_upper(&gram, k)?, k);
+        let inverse = Tensor::<2>::from_data(TensorData::new(inverse, [k, k]), (&device, dtype));
+        q = q.matmul(inverse);
+    }
+    Ok(q)
+}
+
+/// The upper-triangular `R` with positive diagonal and `RᵀR = gram` (row-major `k × k`).
+fn cholesky_upper(gram: &[f64], k: usize) -> Result<Vec<f64>, OtError> {
+    let mut r = vec![0.0f64; k * k];
+    for j in 0..k {
+        let pivot = gram[j * k + j] - (0..j).map(|i| r[i * k + j].powi(2)).sum::<f64>();
+        if !(pivot > 0.0 && pivot.is_finite()) {
+            return Err(OtError::Backend(format!(
+                "drawn directions are numerically dependent (Cholesky pivot {pivot} at {j})"
+            )));
+        }
+        let diagonal = pivot.sqrt();
+        r[j * k + j] = diagonal;
+        for c in j + 1..k {
+            let dot: f64 = (0..j).map(|i| r[i * k + j] * r[i * k + c]).sum();
+            r[j * k + c] = (gram[j * k + c] - dot) / diagonal;
+        }
+    }
+    Ok(r)
+}
+
+/// The inverse of an upper-triangular `k × k` matrix with non-zero diagonal, by back substitution.
+fn upper_triangular_inverse(r: &[f64], k: usize) -> Vec<f64> {
+    let mut inverse = vec![0.0; k * k];
+    for column in 0..k {
+        for row in (0..=column).rev() {
+            let identity = if row == column { 1.0 } else { 0.0 };
+            let known: f64 = (row + 1..=column)
+                .map(|m| r[row * k + m] * inverse[m * k + column])
+                .sum();
+            inverse[row * k + column] = (identity - known) / r[row * k + row];
+        }
+    }
+    inverse
 }
 
 /// Element types the sampler produces, each with its Gaussian source.
@@ -332,6 +440,84 @@ mod tests {
         let count = 20_000;
         let dirs = DirectionSampler::new(11)
             .sample(dim, count, &default_device(), DType::F64)
+            .unwrap();
+        let values = rows_of(&dirs);
+        for c in 0..dim {
+            let coordinate = values.iter().skip(c).step_by(dim);
+            let (sum, sum_sq) = coordinate.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
+            assert!((sum / count as f64).abs() < 0.02);
+            assert!((sum_sq / count as f64 - 1.0 / dim as f64).abs() < 0.01);
+        }
+    }
+
+    /// The Gram matrix of the directions, row-major `[L, L]`.
+    fn gram(directions: &Directions) -> Vec<f64> {
+        let columns = directions.columns();
+        columns
+            .clone()
+            .transpose()
+            .matmul(columns)
+            .try_into_vec_as::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn orthogonal_draws_are_orthonormal_groups_of_the_same_stream() {
+        let device = default_device();
+        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            // d = 600, L = 50: one group, every pair orthogonal.
+            let dirs = DirectionSampler::new(9)
+                .sample_kind(DirectionKind::Orthogonal, 600, 50, &device, dtype)
+                .unwrap();
+            for (index, value) in gram(&dirs).into_iter().enumerate() {
+                let identity = if index / 50 == index % 50 { 1.0 } else { 0.0 };
+                assert!((value - identity).abs() < tolerance, "{dtype:?} {value}");
+            }
+        }
+        // d = 6, L = 7: groups of 3, 3 and 1; orthonormal within a group only.
+        let dirs = DirectionSampler::new(9)
+            .sample_kind(DirectionKind::Orthogonal, 6, 7, &device, DType::F64)
+            .unwrap();
+        let gram = gram(&dirs);
+        for i in 0..7 {
+            for j in 0..7 {
+                let value = gram[i * 7 + j];
+                if i == j {
+                    assert!((value - 1.0).abs() < 1e-12);
+                } else if i / 3 == j / 3 {
+                    assert!(value.abs() < 1e-12, "({i}, {j}): {value}");
+                }
+            }
+        }
+        // Q's first column is the independent draw's first direction (R's diagonal is positive).
+        let mut random = DirectionSampler::new(9);
+        let mut orthogonal = DirectionSampler::new(9);
+        let a = rows_of(&random.sample(6, 7, &device, DType::F64).unwrap());
+        let b = rows_of(
+            &orthogonal
+                .sample_kind(DirectionKind::Orthogonal, 6, 7, &device, DType::F64)
+                .unwrap(),
+        );
+        assert!(
+            a[..6]
+                .iter()
+                .zip(&b[..6])
+                .all(|(x, y)| (x - y).abs() < 1e-12)
+        );
+        assert_eq!((random.draws(), orthogonal.draws()), (1, 1));
+    }
+
+    #[test]
+    fn orthogonal_directions_cover_the_sphere_without_bias() {
+        let (dim, count) = (4, 20_000);
+        let dirs = DirectionSampler::new(12)
+            .sample_kind(
+                DirectionKind::Orthogonal,
+                dim,
+                count,
+                &default_device(),
+                DType::F64,
+            )
             .unwrap();
         let values = rows_of(&dirs);
         for c in 0..dim {

@@ -21,7 +21,7 @@ mod projection;
 mod sliced;
 
 pub use ascent::{Ascent, AscentOutcome, AscentStop};
-pub use directions::{DirectionSampler, Directions};
+pub use directions::{DirectionKind, DirectionSampler, Directions};
 pub use sliced::{
     MaxSlicedDistance, ROOT_EPSILON, SlicedDistance, max_sliced_wasserstein, point_cloud,
     sliced_wasserstein,

@@ -30,6 +30,9 @@ pub struct MaxSlicedDistance {
     /// `MSW_p` as a one-element tensor, differentiable with respect to both clouds. Only the winning
     /// direction carries gradient, so the backward pass costs two rank-1 updates.
     pub value: Tensor<1>,
+    /// `MSW_p^p` (the cost along `direction`) as a one-element tensor, differentiable like
+    /// `value`.
+    pub value_pow_p: Tensor<1>,
     /// `MSW_p` as a number.
     pub distance: f64,
     /// `W_p^p` along each of the given directions, in their order.
@@ -146,7 +149,8 @@ pub fn max_sliced_wasserstein(
     let tracked_cost = costs_along(x_tracked, y_tracked, &coupling, p);
     let [dim, _] = direction.dims();
     Ok(MaxSlicedDistance {
-        value: guarded_root(tracked_cost, cost, p),
+        value: guarded_root(tracked_cost.clone(), cost, p),
+        value_pow_p: tracked_cost,
         distance: root(cost, p),
         per_direction,
         argmax,

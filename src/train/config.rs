@@ -2,6 +2,7 @@
 
 use crate::data::{Augmentation, DataSource};
 use crate::models::{Architecture, FeaturePairing, RemovalUnit, StemKind};
+use crate::ot::DirectionKind;
 
 /// The optimiser.
 #[derive(
@@ -26,6 +27,31 @@ pub enum RegularisedBlocks {
     /// The paper's choice: in ResNets every collapsible block except the first of its stage (in
     /// ResNet-18, the four `layerS.1`); in MobileNetV2 and Swin-T every collapsible block.
     Paper,
+}
+
+/// The most gradient-ascent steps a training step may spend per block.
+pub const MAX_ASCENT_STEPS: usize = 100;
+
+/// How the regulariser weighs the distances of its blocks.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockWeighting {
+    /// The paper's plain mean over the regularised blocks.
+    #[default]
+    Uniform,
+    /// Each block's distance weighted by its share of the regularised blocks' MACs (weights with
+    /// mean 1): the blocks whose removal saves most are pulled hardest.
+    Macs,
 }
 
 /// A training run's settings. Defaults are the paper's (CIFAR-10, ResNet-18, 160 epochs).
@@ -72,6 +98,23 @@ pub struct TrainConfig {
     pub num_projections: usize,
     /// Order of the Wasserstein distance.
     pub p: f64,
+    /// Epochs over which λ ramps linearly from 0 to `lambda`, step by step (0: the full λ from the
+    /// first step, as in the paper).
+    #[serde(default)]
+    pub lambda_warmup: f64,
+    /// How the blocks' distances are weighed in the regulariser.
+    #[serde(default)]
+    pub block_weighting: BlockWeighting,
+    /// How the random directions are drawn.
+    #[serde(default)]
+    pub directions: DirectionKind,
+    /// Gradient-ascent steps refining each block's max-sliced direction at every step (0: the
+    /// paper's max over random directions).
+    #[serde(default)]
+    pub ascent_steps: usize,
+    /// Regularise `MSW_p^p` (W2² at p = 2) instead of `MSW_p`.
+    #[serde(default)]
+    pub squared: bool,
     /// Training augmentation, if any.
     pub augmentation: Option<Augmentation>,
     /// Seed of initialisation, data order, augmentation and directions.
@@ -107,6 +150,11 @@ impl Default for TrainConfig {
             regularised_blocks: RegularisedBlocks::All,
             num_projections: crate::ot::DEFAULT_NUM_PROJECTIONS,
             p: crate::ot::DEFAULT_P,
+            lambda_warmup: 0.0,
+            block_weighting: BlockWeighting::Uniform,
+            directions: DirectionKind::Random,
+            ascent_steps: 0,
+            squared: false,
             augmentation: Some(Augmentation {
                 crop_padding: 4,
                 horizontal_flip: true,
@@ -127,6 +175,16 @@ impl TrainConfig {
             .filter(|&&m| epoch >= (m * self.epochs as f64).round() as usize)
             .count();
         self.learning_rate * self.gamma.powi(passed as i32)
+    }
+
+    /// The regulariser's weight at batch `batch` of `batches` in `epoch` (0-based): `lambda`, ramped
+    /// linearly from 0 over the first `lambda_warmup` epochs.
+    pub fn lambda_at(&self, epoch: usize, batch: usize, batches: usize) -> f64 {
+        if self.lambda_warmup <= 0.0 {
+            return self.lambda;
+        }
+        let progress = epoch as f64 + batch as f64 / batches.max(1) as f64;
+        self.lambda * (progress / self.lambda_warmup).min(1.0)
     }
 
     /// Checks every setting before anything is read or written: the first problem, naming its
@@ -178,6 +236,20 @@ impl TrainConfig {
                 format!("--lambda must be a finite number >= 0, not {}", self.lambda),
             ),
             (
+                !(finite(self.lambda_warmup) && self.lambda_warmup >= 0.0),
+                format!(
+                    "--lambda-warmup must be a finite number of epochs >= 0, not {}",
+                    self.lambda_warmup
+                ),
+            ),
+            (
+                self.ascent_steps > MAX_ASCENT_STEPS,
+                format!(
+                    "--ascent-steps must be at most {MAX_ASCENT_STEPS}, not {}",
+                    self.ascent_steps
+                ),
+            ),
+            (
                 !(finite(self.p) && self.p >= 1.0),
                 format!("--p must be a finite number >= 1, not {}", self.p),
             ),
@@ -204,6 +276,40 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lambda_ramps_linearly_over_the_warmup_then_stays() {
+        let plain = TrainConfig::default();
+        assert_eq!(plain.lambda_at(0, 0, 10), plain.lambda);
+        let warm = TrainConfig {
+            lambda: 4.0,
+            lambda_warmup: 2.0,
+            ..TrainConfig::default()
+        };
+        assert_eq!(warm.lambda_at(0, 0, 10), 0.0);
+        assert!((warm.lambda_at(0, 5, 10) - 1.0).abs() < 1e-12);
+        assert!((warm.lambda_at(1, 0, 10) - 2.0).abs() < 1e-12);
+        assert!((warm.lambda_at(1, 5, 10) - 3.0).abs() < 1e-12);
+        assert_eq!(warm.lambda_at(2, 0, 10), 4.0);
+        assert_eq!(warm.lambda_at(7, 3, 10), 4.0);
+    }
+
+    #[test]
+    fn a_config_from_before_the_levers_reads_with_the_paper_regulariser() {
+        let mut json = serde_json::to_value(TrainConfig::default()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        for key in [
+            "lambda_warmup",
+            "block_weighting",
+            "directions",
+            "ascent_steps",
+            "squared",
+        ] {
+            assert!(object.remove(key).is_some(), "{key}");
+        }
+        let read: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(read, TrainConfig::default());
+    }
 
     #[test]
     fn the_schedule_follows_the_paper_milestones() {
@@ -293,6 +399,18 @@ mod tests {
             },
             TrainConfig {
                 epochs: 0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                lambda_warmup: -1.0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                lambda_warmup: f64::NAN,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                ascent_steps: MAX_ASCENT_STEPS + 1,
                 ..TrainConfig::default()
             },
         ];

@@ -21,13 +21,13 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 pub use checkpoint::TrainerState;
-pub use config::{OptimizerKind, RegularisedBlocks, TrainConfig};
+pub use config::{BlockWeighting, MAX_ASCENT_STEPS, OptimizerKind, RegularisedBlocks, TrainConfig};
 
 use crate::data::{BatchPlan, ImageSet, Normalization, Splits, batch_count, batches, load_splits};
 use crate::device::autodiff_device;
 use crate::fsutil::write_atomic;
 use crate::models::{BlockNetwork, ModelSpec, Network};
-use crate::ot::{DirectionSampler, max_sliced_wasserstein, point_cloud};
+use crate::ot::{Ascent, DirectionKind, DirectionSampler, max_sliced_wasserstein, point_cloud};
 
 /// Salt that separates the direction sampler's seed from the model's and the data's.
 const DIRECTION_SEED_SALT: u64 = 0x4C61_436F_4F54;
@@ -388,7 +388,7 @@ pub fn train(
         );
     }
 
-    let regularised = regularised_blocks(&model, config.regularised_blocks);
+    let block_weights = regulariser_weights(&model, config);
     let train_set = Arc::new(splits.train);
     let validation_set = Arc::new(splits.validation);
     let sampler =
@@ -400,7 +400,7 @@ pub fn train(
         augmentation: config.augmentation,
         seed: config.seed,
     };
-    let mut step = TrainingStep::new(config, regularised, sampler, &device);
+    let mut step = TrainingStep::new(config, block_weights, sampler, &device);
     let mut trained = Vec::new();
     for epoch in state.epochs_done..config.epochs {
         let started = Instant::now();
@@ -416,10 +416,16 @@ pub fn train(
             epoch as u64,
         );
         for (index, batch) in epoch_batches.enumerate() {
-            let (images, labels) = batch?.to_tensors(&device);
+            let lambda = config.lambda_at(epoch, index, planned_batches);
             let outcome;
             (model, outcome) = step
-                .run(model, &mut optimizer, images, labels, learning_rate)
+                .run(
+                    model,
+                    &mut optimizer,
+                    batch?.to_tensors(&device),
+                    learning_rate,
+                    lambda,
+                )
                 .map_err(|source| TrainError::AtStep {
                     epoch: epoch + 1,
                     batch: index,
@@ -496,9 +502,10 @@ pub struct StepOutcome {
     pub loss: f64,
     /// Cross-entropy part.
     pub cross_entropy: f64,
-    /// Mean max-sliced distance over the regularised blocks (before λ; 0 when λ = 0).
+    /// The regulariser before λ: the blocks' weighted mean max-sliced distance (of `MSW_p^p` with
+    /// `squared`); 0 when λ = 0.
     pub regulariser: f64,
-    /// Max-sliced distance of each regularised block.
+    /// Max-sliced distance `MSW_p` of each regularised block.
     pub block_mswd: Vec<(String, f64)>,
     /// Correctly classified images of the batch.
     pub correct: usize,
@@ -509,8 +516,11 @@ pub struct StepOutcome {
 /// One optimisation step with the LaCoOT loss; owns the loss function and the direction sampler.
 pub struct TrainingStep {
     loss_fn: CrossEntropyLoss,
-    regularised: BTreeSet<String>,
+    block_weights: BTreeMap<String, f64>,
     sampler: DirectionSampler,
+    direction_kind: DirectionKind,
+    ascent: Option<Ascent>,
+    squared: bool,
     lambda: f64,
     num_projections: usize,
     p: f64,
@@ -518,18 +528,21 @@ pub struct TrainingStep {
 }
 
 impl TrainingStep {
-    /// A step for `config`, regularising `regularised` with directions from `sampler`, on `device`
-    /// (an autodiff device).
+    /// A step for `config`, regularising the blocks of `block_weights` (each distance multiplied by
+    /// its weight) with directions from `sampler`, on `device` (an autodiff device).
     pub fn new(
         config: &TrainConfig,
-        regularised: BTreeSet<String>,
+        block_weights: BTreeMap<String, f64>,
         sampler: DirectionSampler,
         device: &Device,
     ) -> Self {
         Self {
             loss_fn: CrossEntropyLossConfig::new().init(device),
-            regularised,
+            block_weights,
             sampler,
+            direction_kind: config.directions,
+            ascent: (config.ascent_steps > 0).then(|| Ascent::new(config.ascent_steps)),
+            squared: config.squared,
             lambda: config.lambda,
             num_projections: config.num_projections,
             p: config.p,
@@ -542,43 +555,53 @@ impl TrainingStep {
         self.sampler.draws()
     }
 
-    /// Forward, loss, backward and optimiser update on one batch; returns the updated model.
+    /// Forward, loss, backward and optimiser update on one batch, with the regulariser weighted by
+    /// `lambda` (the run's λ, or less during a warm-up); returns the updated model. The features
+    /// are captured and the distances computed whenever the run's λ is positive, so the
+    /// directions drawn do not depend on the warm-up.
     pub fn run<M: BlockNetwork + Module>(
         &mut self,
         model: M,
         optimizer: &mut ModuleOptimizer,
-        images: Tensor<4>,
-        labels: Tensor<1, Int>,
+        (images, labels): (Tensor<4>, Tensor<1, Int>),
         learning_rate: f64,
+        lambda: f64,
     ) -> Result<(M, StepOutcome), TrainError> {
-        let no_blocks = BTreeSet::new();
         let capture = if self.lambda > 0.0 {
-            &self.regularised
+            self.block_weights.keys().cloned().collect()
         } else {
-            &no_blocks
+            BTreeSet::new()
         };
-        let (logits, features) = model.forward_capturing(images, capture);
+        let (logits, features) = model.forward_capturing(images, &capture);
         let cross_entropy = self.loss_fn.forward(logits.clone(), labels.clone());
-        let mut distances = Vec::with_capacity(features.len());
+        let mut terms = Vec::with_capacity(features.len());
         let mut block_mswd = Vec::with_capacity(features.len());
         for block in features {
             let (x, y) = (point_cloud(block.input), point_cloud(block.output));
-            let directions =
-                self.sampler
-                    .sample(x.dims()[1], self.num_projections, &self.device, x.dtype())?;
-            let distance =
-                max_sliced_wasserstein(x, y, &directions, self.p, None).map_err(|source| {
-                    TrainError::BlockDistance {
-                        block: block.name.clone(),
-                        source,
-                    }
-                })?;
+            let directions = self.sampler.sample_kind(
+                self.direction_kind,
+                x.dims()[1],
+                self.num_projections,
+                &self.device,
+                x.dtype(),
+            )?;
+            let distance = max_sliced_wasserstein(x, y, &directions, self.p, self.ascent).map_err(
+                |source| TrainError::BlockDistance {
+                    block: block.name.clone(),
+                    source,
+                },
+            )?;
+            let term = if self.squared {
+                distance.value_pow_p
+            } else {
+                distance.value
+            };
+            terms.push(term.mul_scalar(self.block_weights[&block.name]));
             block_mswd.push((block.name, distance.distance));
-            distances.push(distance.value);
         }
-        let regulariser = (!distances.is_empty()).then(|| Tensor::cat(distances, 0).mean());
+        let regulariser = (!terms.is_empty()).then(|| Tensor::cat(terms, 0).mean());
         let loss = match &regulariser {
-            Some(r) => cross_entropy.clone() + r.clone().mul_scalar(self.lambda),
+            Some(r) => cross_entropy.clone() + r.clone().mul_scalar(lambda),
             None => cross_entropy.clone(),
         };
         let outcome = StepOutcome {
@@ -766,6 +789,32 @@ pub fn regularised_blocks<N: BlockNetwork>(
             .collect(),
         RegularisedBlocks::Paper => model.paper_regularised(),
     }
+}
+
+/// The regularised blocks (see [`regularised_blocks`]) with the weight of each one's distance:
+/// 1 each, or with [`BlockWeighting::Macs`] the block's MACs over the mean of theirs.
+pub fn regulariser_weights<N: BlockNetwork>(
+    model: &N,
+    config: &TrainConfig,
+) -> BTreeMap<String, f64> {
+    let names = regularised_blocks(model, config.regularised_blocks);
+    let macs: BTreeMap<String, f64> = model
+        .blocks()
+        .into_iter()
+        .filter(|b| names.contains(&b.name))
+        .map(|b| (b.name, b.macs as f64))
+        .collect();
+    let mean = macs.values().sum::<f64>() / macs.len().max(1) as f64;
+    macs.into_iter()
+        .map(|(name, block_macs)| {
+            let weight = match config.block_weighting {
+                BlockWeighting::Uniform => 1.0,
+                BlockWeighting::Macs if mean > 0.0 => block_macs / mean,
+                BlockWeighting::Macs => 1.0,
+            };
+            (name, weight)
+        })
+        .collect()
 }
 
 /// Accuracy and mean cross-entropy of `model` (in eval mode) on every image of `set`; an error if

@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lacoot::data::{Augmentation, DataSource, load_splits};
+use lacoot::ot::DirectionKind;
 use lacoot::train::{
-    EpochMetrics, OptimizerKind, RegularisedBlocks, RunPaths, RunStart, TrainConfig, TrainObserver,
-    check_fit, evaluate, load_run_model, train,
+    BlockWeighting, EpochMetrics, OptimizerKind, RegularisedBlocks, RunPaths, RunStart,
+    TrainConfig, TrainObserver, check_fit, evaluate, load_run_model, train,
 };
 use serde_json::json;
 
@@ -125,6 +126,33 @@ pub struct TrainSettingsArgs {
     #[arg(long, default_value_t = 2.0)]
     p: f64,
 
+    /// Epochs (fractions allowed) over which λ ramps linearly from 0 to --lambda, step by step,
+    /// so the network learns features before it is pulled towards identity. 0: the full λ from
+    /// the first step (the paper).
+    #[arg(long, value_name = "EPOCHS", default_value_t = 0.0)]
+    lambda_warmup: f64,
+
+    /// How the blocks' distances are weighed: uniform (the paper's mean), or macs (each block by
+    /// its share of the regularised blocks' MACs, so the costliest blocks are pulled hardest).
+    #[arg(long, value_enum, default_value = "uniform")]
+    block_weighting: BlockWeighting,
+
+    /// How the directions are drawn: random (independent, the paper's) or orthogonal
+    /// (orthonormal groups, as in UnifOrtho).
+    #[arg(long, value_enum, default_value = "random")]
+    directions: DirectionKind,
+
+    /// Refine each block's best random direction with this many gradient-ascent steps on the
+    /// sphere at every training step (0: the paper's max over random directions). Costs one
+    /// projection and sort per step tried.
+    #[arg(long, value_name = "STEPS", default_value_t = 0)]
+    ascent_steps: usize,
+
+    /// Regularise MSW_p^p (W2² at p = 2) instead of MSW_p: weaker on small distances, stronger
+    /// on large ones.
+    #[arg(long)]
+    squared: bool,
+
     /// Random-crop padding in pixels (0: no crop).
     #[arg(long, default_value_t = 4)]
     crop_padding: usize,
@@ -176,6 +204,11 @@ impl TrainSettingsArgs {
             regularised_blocks: self.blocks,
             num_projections: self.num_projections,
             p: self.p,
+            lambda_warmup: self.lambda_warmup,
+            block_weighting: self.block_weighting,
+            directions: self.directions,
+            ascent_steps: self.ascent_steps,
+            squared: self.squared,
             augmentation,
             seed: self.seed,
             init_from: self.init_from.clone(),
