@@ -116,13 +116,16 @@ fn the_demo_trains_collapses_and_compares() {
         .output()
         .unwrap());
     assert!(
-        text.contains("baseline (lambda 0)") && text.contains("LaCoOT (lambda 5)"),
+        text.contains("baseline (lambda 0)") && text.contains("LaCoOT (lambda 1)"),
         "{text}"
     );
     for run in ["baseline", "lacoot"] {
         assert!(out.join(run).join("collapse/report.md").is_file(), "{run}");
     }
     assert!(text.contains("on one plot"), "{text}");
+    assert!(text.contains("against the baseline's full"), "{text}");
+    let lacoot_config = common::read_json(&out.join("lacoot/config.json"));
+    assert_eq!(lacoot_config["config"]["regularised_blocks"], "paper");
     for plot in ["test_accuracy_vs_macs", "test_accuracy_vs_latency"] {
         for extension in ["svg", "png"] {
             assert!(out.join(format!("comparison/{plot}.{extension}")).is_file());
