@@ -78,14 +78,21 @@ fn a_sweep_trains_collapses_and_reports_every_member_once() {
         }
     }
 
-    // A member of a parallel sweep has exactly the numbers of the same run trained alone.
+    // A member of a parallel sweep has exactly the numbers of the same run trained alone, with
+    // the training command the report gives for its λ.
+    let command = lambdas[1]["training"][0].as_str().unwrap();
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words[..2], ["lacoot", "train"], "{command}");
+    assert!(command.contains("--lambda 1 ") && !command.contains("--seed"));
+    let markdown = std::fs::read_to_string(out.join("sweep/report.md")).unwrap();
+    assert!(
+        markdown.contains(&format!("- λ = 1: `{command}`")),
+        "{markdown}"
+    );
     let alone = tmp.path().join("alone");
     ok(lacoot()
-        .args(["train", "--data", "mnist", "--data-dir"])
-        .arg(tmp.path())
-        .args(["--width", "4", "--epochs", "1", "--batch-size", "10"])
-        .args(["--num-projections", "4", "--validation-fraction", "0.25"])
-        .args(["--lambda", "1", "--seed", "1", "--out"])
+        .args(&words[1..])
+        .args(["--seed", "1", "--out"])
         .arg(&alone)
         .output()
         .unwrap());

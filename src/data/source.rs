@@ -120,6 +120,18 @@ impl DataSource {
 }
 
 impl DataSource {
+    /// The name and folder [`DataSource::from_name`] takes to make this source.
+    pub fn name_and_folder(&self) -> (&'static str, Option<PathBuf>) {
+        match self {
+            Self::FashionMnist { root } => ("fashion-mnist", root.clone()),
+            Self::FashionMnistSubset => ("fashion-mnist-subset", None),
+            Self::Mnist { root } => ("mnist", Some(root.clone())),
+            Self::Cifar10 { root } => ("cifar10", Some(root.clone())),
+            Self::Cifar100 { root } => ("cifar100", Some(root.clone())),
+            Self::ImageFolder { train, .. } => ("image-folder", train.parent().map(PathBuf::from)),
+        }
+    }
+
     /// The file or folder the data comes from, for error messages.
     pub fn origin(&self) -> PathBuf {
         match self {

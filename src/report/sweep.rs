@@ -62,6 +62,8 @@ pub struct MemberResult {
     pub steps: Vec<MemberStep>,
     /// The step the collapse chose (on the selection split).
     pub chosen: usize,
+    /// The `lacoot train` command that trained it, but for `--seed` and `--out`.
+    pub training: String,
 }
 
 /// One step (blocks removed) of a λ, over its seeds.
@@ -98,6 +100,9 @@ pub struct LambdaSummary {
     pub chosen_macs_reduction: Stat,
     /// Batch-64 latency of the full network over the chosen one's.
     pub chosen_speedup_batch64: Stat,
+    /// The training commands of its members, but for `--seed` and `--out` (one, unless members
+    /// of the same λ were trained differently).
+    pub training: Vec<String>,
 }
 
 /// A (λ, blocks removed) that no other beats on both MACs and selection accuracy.
@@ -185,6 +190,7 @@ fn read_member(folder: &Path) -> Result<Option<(MemberResult, String)>, PublishE
             folder: folder.to_path_buf(),
             steps,
             chosen,
+            training: record.config.train_command(),
         },
         split,
     )))
@@ -278,6 +284,12 @@ fn summarise(group: &[MemberResult]) -> LambdaSummary {
         chosen_speedup_batch64: over(&|m| {
             m.steps[0].latency_batch64_ms / m.steps[m.chosen].latency_batch64_ms
         }),
+        training: group
+            .iter()
+            .map(|m| m.training.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -383,6 +395,15 @@ pub fn sweep_markdown(report: &SweepReport) -> String {
             100.0 * point.test_accuracy
         );
     }
+    let _ = writeln!(
+        out,
+        "\n## Training\n\nEach member ran the command of its λ with its `--seed` and its own `--out`.\n"
+    );
+    for summary in &report.lambdas {
+        for command in &summary.training {
+            let _ = writeln!(out, "- λ = {}: `{command}`", summary.lambda);
+        }
+    }
     if !report.unfinished.is_empty() {
         let names: Vec<String> = report
             .unfinished
@@ -447,6 +468,7 @@ mod tests {
             chosen_test_accuracy: Stat::default(),
             chosen_macs_reduction: Stat::default(),
             chosen_speedup_batch64: Stat::default(),
+            training: Vec::new(),
         }
     }
 

@@ -187,6 +187,115 @@ impl TrainConfig {
         self.lambda * (progress / self.lambda_warmup).min(1.0)
     }
 
+    /// The `lacoot train` command line that makes these settings, its words quoted for a shell
+    /// (see [`TrainConfig::train_flags`]).
+    pub fn train_command(&self) -> String {
+        let words: Vec<String> = self.train_flags().iter().map(|w| shell_word(w)).collect();
+        format!("lacoot train {}", words.join(" "))
+    }
+
+    /// The `lacoot train` arguments that make these settings: `--model`, `--data`, `--epochs` and
+    /// `--lambda` always, every other setting where it differs from the command's default, in the
+    /// order `--help` lists them. `--seed` and `--out` are left to the caller.
+    pub fn train_flags(&self) -> Vec<String> {
+        let defaults = TrainConfig::default();
+        let mut flags = Vec::new();
+        let mut flag = |name: &str, value: Option<String>| {
+            flags.push(format!("--{name}"));
+            flags.extend(value);
+        };
+        flag("model", Some(value_name(&self.architecture)));
+        if let Some(stem) = &self.stem {
+            flag("stem", Some(value_name(stem)));
+        }
+        if let Some(width) = self.width {
+            flag("width", Some(width.to_string()));
+        }
+        if self.unit != defaults.unit {
+            flag("unit", Some(value_name(&self.unit)));
+        }
+        if self.pairing != defaults.pairing {
+            flag("pairing", Some(value_name(&self.pairing)));
+        }
+        let (data, folder) = self.data.name_and_folder();
+        flag("data", Some(data.to_string()));
+        if let Some(folder) = folder {
+            flag("data-dir", Some(folder.display().to_string()));
+        }
+        let differs = |a: f64, b: f64| a != b;
+        if differs(self.validation_fraction, defaults.validation_fraction) {
+            flag(
+                "validation-fraction",
+                Some(self.validation_fraction.to_string()),
+            );
+        }
+        flag("epochs", Some(self.epochs.to_string()));
+        if self.batch_size != defaults.batch_size {
+            flag("batch-size", Some(self.batch_size.to_string()));
+        }
+        if self.optimizer != defaults.optimizer {
+            flag("optimizer", Some(value_name(&self.optimizer)));
+        }
+        for (name, value, default) in [
+            ("lr", self.learning_rate, defaults.learning_rate),
+            ("momentum", self.momentum, defaults.momentum),
+            ("weight-decay", self.weight_decay, defaults.weight_decay),
+        ] {
+            if differs(value, default) {
+                flag(name, Some(value.to_string()));
+            }
+        }
+        if self.milestones != defaults.milestones {
+            let milestones: Vec<String> = self.milestones.iter().map(f64::to_string).collect();
+            flag("milestones", Some(milestones.join(",")));
+        }
+        if differs(self.gamma, defaults.gamma) {
+            flag("gamma", Some(self.gamma.to_string()));
+        }
+        flag("lambda", Some(self.lambda.to_string()));
+        if self.regularised_blocks != defaults.regularised_blocks {
+            flag("blocks", Some(value_name(&self.regularised_blocks)));
+        }
+        if self.num_projections != defaults.num_projections {
+            flag("num-projections", Some(self.num_projections.to_string()));
+        }
+        if differs(self.p, defaults.p) {
+            flag("p", Some(self.p.to_string()));
+        }
+        if differs(self.lambda_warmup, defaults.lambda_warmup) {
+            flag("lambda-warmup", Some(self.lambda_warmup.to_string()));
+        }
+        if self.block_weighting != defaults.block_weighting {
+            flag("block-weighting", Some(value_name(&self.block_weighting)));
+        }
+        if self.directions != defaults.directions {
+            flag("directions", Some(value_name(&self.directions)));
+        }
+        if self.ascent_steps != defaults.ascent_steps {
+            flag("ascent-steps", Some(self.ascent_steps.to_string()));
+        }
+        if self.squared {
+            flag("squared", None);
+        }
+        let (crop_padding, flip) = self
+            .augmentation
+            .map_or((0, false), |a| (a.crop_padding, a.horizontal_flip));
+        let default_crop = defaults.augmentation.map_or(0, |a| a.crop_padding);
+        if crop_padding != default_crop {
+            flag("crop-padding", Some(crop_padding.to_string()));
+        }
+        if !flip {
+            flag("no-flip", None);
+        }
+        if let Some(weights) = &self.init_from {
+            flag("init-from", Some(weights.display().to_string()));
+        }
+        if let Some(prefix) = &self.strip_prefix {
+            flag("strip-prefix", Some(prefix.clone()));
+        }
+        flags
+    }
+
     /// Checks every setting before anything is read or written: the first problem, naming its
     /// command-line flag. Image-dependent limits (crop padding) are checked once the data is read.
     pub fn validate(&self) -> Result<(), String> {
@@ -273,9 +382,54 @@ impl TrainConfig {
     }
 }
 
+/// The command-line name of a value of a flag's enum.
+fn value_name<T: clap::ValueEnum>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
+}
+
+/// `word` as one shell word: as it is when it holds only safe characters, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_.,/:=+@%".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flags_of_the_paper_settings_name_only_the_essentials() {
+        let config = TrainConfig {
+            width: Some(16),
+            epochs: 12,
+            lambda: 1.0,
+            regularised_blocks: RegularisedBlocks::Paper,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            config.train_command(),
+            "lacoot train --model resnet18 --width 16 --data fashion-mnist --epochs 12 --lambda 1 --blocks paper"
+        );
+        let odd = TrainConfig {
+            data: DataSource::Mnist {
+                root: "/data/my mnist".into(),
+            },
+            squared: true,
+            augmentation: None,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            odd.train_command(),
+            "lacoot train --model resnet18 --data mnist --data-dir '/data/my mnist' --epochs 160 --lambda 5 --squared --crop-padding 0 --no-flip"
+        );
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
 
     #[test]
     fn lambda_ramps_linearly_over_the_warmup_then_stays() {

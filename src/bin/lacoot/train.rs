@@ -548,3 +548,81 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use lacoot::models::{Architecture, FeaturePairing, RemovalUnit, StemKind};
+    use lacoot::train::{BlockWeighting, OptimizerKind, RegularisedBlocks, TrainConfig};
+
+    use super::*;
+
+    /// `lacoot train`'s settings alone, as the command line parses them.
+    #[derive(Parser)]
+    struct Settings {
+        #[command(flatten)]
+        settings: TrainSettingsArgs,
+    }
+
+    fn parsed(flags: &[String]) -> TrainConfig {
+        let words = std::iter::once("lacoot".to_string()).chain(flags.iter().cloned());
+        Settings::try_parse_from(words)
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+            .settings
+            .config()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_recorded_flags_make_the_same_settings() {
+        let every_setting = TrainConfig {
+            architecture: Architecture::Mobilenetv2Cifar,
+            stem: None,
+            width: Some(8),
+            unit: RemovalUnit::Depthwise,
+            pairing: FeaturePairing::Block,
+            data: DataSource::Cifar10 {
+                root: "/data/cifar 10".into(),
+            },
+            validation_fraction: 0.2,
+            epochs: 7,
+            batch_size: 64,
+            optimizer: OptimizerKind::Adam,
+            learning_rate: 0.003,
+            momentum: 0.8,
+            weight_decay: 5e-4,
+            milestones: vec![0.3, 0.6, 0.9],
+            gamma: 0.2,
+            lambda: 0.25,
+            regularised_blocks: RegularisedBlocks::Paper,
+            num_projections: 20,
+            p: 1.5,
+            lambda_warmup: 1.5,
+            block_weighting: BlockWeighting::Macs,
+            directions: DirectionKind::Orthogonal,
+            ascent_steps: 3,
+            squared: true,
+            augmentation: Some(Augmentation {
+                crop_padding: 2,
+                horizontal_flip: false,
+            }),
+            seed: 0,
+            init_from: Some("/weights/it's.pth".into()),
+            strip_prefix: Some("backbone.".into()),
+        };
+        let resnet = TrainConfig {
+            stem: Some(StemKind::Imagenet),
+            data: DataSource::FashionMnistSubset,
+            augmentation: None,
+            ..TrainConfig::default()
+        };
+        let swin = TrainConfig {
+            architecture: Architecture::SwinT,
+            pairing: FeaturePairing::MlpBranch,
+            ..TrainConfig::default()
+        };
+        for config in [every_setting, resnet, swin, TrainConfig::default()] {
+            assert_eq!(parsed(&config.train_flags()), config);
+        }
+    }
+}
