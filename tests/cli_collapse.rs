@@ -126,6 +126,9 @@ fn the_demo_trains_collapses_and_compares() {
     assert!(text.contains("against the baseline's full"), "{text}");
     let lacoot_config = common::read_json(&out.join("lacoot/config.json"));
     assert_eq!(lacoot_config["config"]["regularised_blocks"], "paper");
+    assert_eq!(lacoot_config["config"]["ascent_steps"], 2);
+    let baseline_config = common::read_json(&out.join("baseline/config.json"));
+    assert_eq!(baseline_config["config"]["ascent_steps"], 0);
     for plot in ["test_accuracy_vs_macs", "test_accuracy_vs_latency"] {
         for extension in ["svg", "png"] {
             assert!(out.join(format!("comparison/{plot}.{extension}")).is_file());
