@@ -22,8 +22,8 @@ use crate::train::EpochBars;
 /// set-up): once plainly (lambda 0) and once with the LaCoOT regulariser (lambda 1 on the paper's
 /// blocks, each block's direction refined by 2 ascent steps); collapse both with the
 /// max-sliced Wasserstein criterion, without finetuning, and print the two collapse tables side by
-/// side. 3 to 8 minutes on 2 cores at the defaults (measured 2 min 54 s on an AMD EPYC, 7 min 54 s
-/// on an Intel Xeon).
+/// side. About 4 to 11 minutes on 2 cores at the defaults, depending on the processor (timings in
+/// BENCHMARKS.md).
 ///
 /// Writes OUT/baseline and OUT/lacoot (runs, each with collapse/report.md, plots and model/), and
 /// OUT/comparison (both on one plot: test accuracy against MACs and against measured latency).
