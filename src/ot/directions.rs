@@ -436,17 +436,21 @@ mod tests {
     #[test]
     fn directions_cover_the_sphere_without_bias() {
         // The mean of many uniform unit vectors is near 0, and each coordinate's second moment is 1/d.
-        let dim = 4;
-        let count = 20_000;
-        let dirs = DirectionSampler::new(11)
-            .sample(dim, count, &default_device(), DType::F64)
-            .unwrap();
-        let values = rows_of(&dirs);
-        for c in 0..dim {
-            let coordinate = values.iter().skip(c).step_by(dim);
-            let (sum, sum_sq) = coordinate.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
-            assert!((sum / count as f64).abs() < 0.02);
-            assert!((sum_sq / count as f64 - 1.0 / dim as f64).abs() < 0.01);
+        let (dim, count) = (4, 20_000);
+        for kind in [DirectionKind::Random, DirectionKind::Orthogonal] {
+            let dirs = DirectionSampler::new(11)
+                .sample_kind(kind, dim, count, &default_device(), DType::F64)
+                .unwrap();
+            let values = rows_of(&dirs);
+            for c in 0..dim {
+                let coordinate = values.iter().skip(c).step_by(dim);
+                let (sum, sum_sq) = coordinate.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
+                assert!((sum / count as f64).abs() < 0.02, "{kind:?}");
+                assert!(
+                    (sum_sq / count as f64 - 1.0 / dim as f64).abs() < 0.01,
+                    "{kind:?}"
+                );
+            }
         }
     }
 
@@ -505,27 +509,6 @@ mod tests {
                 .all(|(x, y)| (x - y).abs() < 1e-12)
         );
         assert_eq!((random.draws(), orthogonal.draws()), (1, 1));
-    }
-
-    #[test]
-    fn orthogonal_directions_cover_the_sphere_without_bias() {
-        let (dim, count) = (4, 20_000);
-        let dirs = DirectionSampler::new(12)
-            .sample_kind(
-                DirectionKind::Orthogonal,
-                dim,
-                count,
-                &default_device(),
-                DType::F64,
-            )
-            .unwrap();
-        let values = rows_of(&dirs);
-        for c in 0..dim {
-            let coordinate = values.iter().skip(c).step_by(dim);
-            let (sum, sum_sq) = coordinate.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
-            assert!((sum / count as f64).abs() < 0.02);
-            assert!((sum_sq / count as f64 - 1.0 / dim as f64).abs() < 0.01);
-        }
     }
 
     #[test]
