@@ -517,11 +517,11 @@ pub struct StepOutcome {
 pub struct TrainingStep {
     loss_fn: CrossEntropyLoss,
     block_weights: BTreeMap<String, f64>,
+    captured: BTreeSet<String>,
     sampler: DirectionSampler,
     direction_kind: DirectionKind,
     ascent: Option<Ascent>,
     squared: bool,
-    lambda: f64,
     num_projections: usize,
     p: f64,
     device: Device,
@@ -538,12 +538,16 @@ impl TrainingStep {
     ) -> Self {
         Self {
             loss_fn: CrossEntropyLossConfig::new().init(device),
+            captured: if config.lambda > 0.0 {
+                block_weights.keys().cloned().collect()
+            } else {
+                BTreeSet::new()
+            },
             block_weights,
             sampler,
             direction_kind: config.directions,
             ascent: (config.ascent_steps > 0).then(|| Ascent::new(config.ascent_steps)),
             squared: config.squared,
-            lambda: config.lambda,
             num_projections: config.num_projections,
             p: config.p,
             device: device.clone(),
@@ -567,12 +571,7 @@ impl TrainingStep {
         learning_rate: f64,
         lambda: f64,
     ) -> Result<(M, StepOutcome), TrainError> {
-        let capture = if self.lambda > 0.0 {
-            self.block_weights.keys().cloned().collect()
-        } else {
-            BTreeSet::new()
-        };
-        let (logits, features) = model.forward_capturing(images, &capture);
+        let (logits, features) = model.forward_capturing(images, &self.captured);
         let cross_entropy = self.loss_fn.forward(logits.clone(), labels.clone());
         let mut terms = Vec::with_capacity(features.len());
         let mut block_mswd = Vec::with_capacity(features.len());
