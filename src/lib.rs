@@ -18,6 +18,7 @@ pub mod data;
 pub mod device;
 pub mod export;
 pub mod fsutil;
+pub mod kernels;
 pub mod memory;
 pub mod models;
 pub mod ot;

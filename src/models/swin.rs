@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::kernels::conv2d;
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -621,7 +622,7 @@ impl BlockNetwork for SwinTransformer {
         for (index, feature) in self.features.iter().enumerate() {
             x = match feature {
                 SwinFeature::PatchEmbedding((conv, _, norm)) => {
-                    norm.forward(conv.forward(x).permute([0, 2, 3, 1]))
+                    norm.forward(conv2d(conv, x).permute([0, 2, 3, 1]))
                 }
                 SwinFeature::Stage(stage) => {
                     for (position, block) in stage.iter().enumerate() {
