@@ -42,10 +42,11 @@ fn assert_onnx_reproduces_its_reference(onnx: &Path) {
         .copied()
         .collect();
     assert_eq!(got.len(), logits.len());
-    // numpy's allclose with atol 1e-4 and rtol 1e-6 (a few f32 ulps): a briefly trained
-    // network's logits reach the hundreds, where 1e-4 is below one f32 step.
+    // numpy's allclose with atol 1e-4 and rtol 1e-5: a briefly trained network's logits reach the
+    // hundreds, where 1e-4 is below one f32 step, and lacoot's convolutions (batched products) and
+    // tract's sum in different orders, which moves logits near 20 by up to 1e-5 of their size.
     for (g, w) in got.iter().zip(&logits) {
-        let tolerance = 1e-4 + 1e-6 * w.abs();
+        let tolerance = 1e-4 + 1e-5 * w.abs();
         assert!(
             (g - w).abs() <= tolerance,
             "{}: {g} against {w}",
