@@ -33,9 +33,9 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-/// Elements of one chunk's patch matrix: about 8 MB of f32, so that a chunk's operands stay in the
+/// Elements of one chunk's patch matrix: 4 MB of f32, so that a chunk's operands stay in the
 /// outer caches while its product runs.
-const CHUNK_ELEMENTS: usize = 1 << 21;
+const CHUNK_ELEMENTS: usize = 1 << 20;
 /// Products below this many multiply-adds run on one thread.
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 

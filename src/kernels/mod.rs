@@ -6,8 +6,10 @@
 //!
 //! | op | replaces | why (benchmark) |
 //! |---|---|---|
-//! | [`conv2d`] | `Conv2d::forward` and its backward passes for dense convolutions | batched im2col products instead of one small product per image (`cargo bench --bench conv_layers`) |
+//! | `conv2d` | `Conv2d::forward` and its backward passes for dense convolutions | batched im2col products instead of one small product per image (`cargo bench --bench conv_layers`) |
+//! | `projection` | `matmul` of point clouds by directions in the distances | the narrow `[n, d] × [d, L]` product split along `d` across threads, SIMD per processor (`cargo bench --bench mswd`) |
 
 pub mod conv2d;
+pub(crate) mod projection;
 
 pub use conv2d::conv2d;

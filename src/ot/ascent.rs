@@ -4,8 +4,8 @@ use burn::tensor::Tensor;
 
 use super::OtError;
 use super::coupling::QuantileCoupling;
-use super::projection::project;
 use super::sliced::{costs_along, host_values};
+use crate::kernels::projection::project;
 
 /// Gradient-ascent refinement of the best random direction (beyond the paper and POT, which only
 /// take the max over random directions).

@@ -17,7 +17,6 @@ mod ascent;
 mod coupling;
 mod directions;
 mod gaussian;
-mod projection;
 mod sliced;
 
 pub use ascent::{Ascent, AscentOutcome, AscentStop};

@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use super::ascent::{Ascent, AscentOutcome, refine_direction};
 use super::coupling::QuantileCoupling;
-use super::projection::{copy_column, project, project_known};
 use super::{Directions, OtError};
+use crate::kernels::projection::{copy_column, project, project_known};
 
 /// Below this value of `W_p^p`, the root's slope is held at its value here instead of growing without
 /// bound: the distance keeps its exact value, and a block that is already an identity (cost 0, whose

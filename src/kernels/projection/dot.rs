@@ -219,7 +219,7 @@ pub(crate) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ot::projection::real::tests::every_kernel;
+    use crate::kernels::projection::real::tests::every_kernel;
     use proptest::prelude::*;
 
     fn naive(x: &[f64], rows: &[f64], dim: usize) -> Vec<f64> {
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn long_rows_are_split_across_threads_and_chunks() {
         // Spans several chunks and, with more than one thread, several ranges.
-        let (n, count, dim) = (5, 3, crate::ot::projection::real::tests::LONG);
+        let (n, count, dim) = (5, 3, crate::kernels::projection::real::tests::LONG);
         let x: Vec<f64> = (0..n * dim).map(|k| ((k % 13) as f64) - 6.0).collect();
         let rows: Vec<f64> = (0..count * dim).map(|k| ((k % 7) as f64) * 0.5).collect();
         assert_eq!(dot_rows(&x, &rows, dim), naive(&x, &rows, dim));

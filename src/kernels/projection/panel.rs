@@ -301,7 +301,7 @@ pub(crate) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ot::projection::real::tests::{LONG, every_kernel};
+    use crate::kernels::projection::real::tests::{LONG, every_kernel};
     use proptest::prelude::*;
 
     /// `x · columns` one product at a time, in f64.
