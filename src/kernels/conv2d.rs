@@ -669,12 +669,7 @@ mod tests {
         // Swin's 4x4 patches at stride 4 (with bias in the model, added outside the kernel).
         check_against_burn([2, 3, 16, 16], [8, 4, 4], [4, 4], [0, 0], 5);
         // Enough images that the batch is cut into chunks: the weight gradient accumulates.
-        let g = Geometry::new(
-            &[40, 64, 16, 16],
-            &[64, 64, 3, 3],
-            &ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-        )
-        .unwrap();
+        let g = dense([40, 64, 16, 16], [64, 64, 3, 3], [1, 1], [1, 1]);
         assert!(g.chunk_images() < 40, "{}", g.chunk_images());
         check_against_burn([40, 64, 16, 16], [64, 3, 3], [1, 1], [1, 1], 6);
     }
@@ -705,23 +700,31 @@ mod tests {
         }
     }
 
+    /// The geometry of a dense convolution of `x` by `weight`.
+    fn dense(
+        x: [usize; 4],
+        weight: [usize; 4],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Geometry {
+        Geometry::new(&x, &weight, &ConvOptions::new(stride, padding, [1, 1], 1)).unwrap()
+    }
+
+    /// Smooth, deterministic input, weight and output-gradient values for `g`.
+    fn operands(g: &Geometry) -> [Vec<f64>; 3] {
+        let lens = [
+            g.batch * g.channels_in * g.plane_in(),
+            g.channels_out * g.patch_len(),
+            g.batch * g.channels_out * g.positions(),
+        ];
+        lens.map(|len| (0..len).map(|i| ((i as f64 + 0.3) * 0.731).sin()).collect())
+    }
+
     /// Central differences of `sum(conv(x, w) · probe)` in f64 against the kernel's gradients.
     #[test]
     fn gradients_match_finite_differences() {
-        let g = Geometry::new(
-            &[2, 3, 5, 4],
-            &[4, 3, 3, 2],
-            &ConvOptions::new([2, 1], [1, 1], [1, 1], 1),
-        )
-        .unwrap();
-        let values = |len: usize, phase: f64| -> Vec<f64> {
-            (0..len)
-                .map(|i| ((i as f64 + phase) * 0.731).sin())
-                .collect()
-        };
-        let x = values(g.batch * g.channels_in * g.plane_in(), 0.3);
-        let w = values(g.channels_out * g.patch_len(), 1.7);
-        let probe = values(g.batch * g.channels_out * g.positions(), 2.9);
+        let g = dense([2, 3, 5, 4], [4, 3, 3, 2], [2, 1], [1, 1]);
+        let [x, w, probe] = operands(&g);
         let objective = |x: &[f64], w: &[f64]| -> f64 {
             forward(&g, x, w)
                 .iter()
@@ -754,20 +757,8 @@ mod tests {
     /// The same values bit for bit on one thread and on four.
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let g = Geometry::new(
-            &[24, 32, 16, 16],
-            &[48, 32, 3, 3],
-            &ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-        )
-        .unwrap();
-        let values = |len: usize, phase: f32| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i as f32 + phase) * 0.377).sin())
-                .collect()
-        };
-        let x = values(g.batch * g.channels_in * g.plane_in(), 0.1);
-        let w = values(g.channels_out * g.patch_len(), 0.2);
-        let dy = values(g.batch * g.channels_out * g.positions(), 0.3);
+        let g = dense([24, 32, 16, 16], [48, 32, 3, 3], [1, 1], [1, 1]);
+        let [x, w, dy] = operands(&g).map(|v| v.into_iter().map(|v| v as f32).collect::<Vec<_>>());
         let run = |threads: usize| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
