@@ -1,0 +1,45 @@
+"""PyTorch's side of `cargo bench --bench eval_forward`: the paper's CIFAR ResNet-18 (width 64,
+3x32x32) under `eval()` and `inference_mode`, batch 1 and 64, 3 warm-up runs then the median of 30.
+
+    python3 bench/torch_eval_forward.py --threads 2
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+
+def median_ms(model: nn.Module, batch: int) -> float:
+    images = torch.zeros(batch, 3, 32, 32)
+    for _ in range(3):
+        model(images)
+    times = []
+    for _ in range(30):
+        start = time.perf_counter()
+        model(images)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.eval()
+    with torch.inference_mode():
+        result = {"backend": f"torch-{torch.__version__}", "threads": args.threads}
+        result["batch1_ms"] = round(median_ms(model, 1), 2)
+        result["batch64_ms"] = round(median_ms(model, 64), 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
