@@ -8,13 +8,11 @@ stem's backward to the input is shown but not counted (training never needs the 
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from torch_train_step import median_s
 
 BATCH = 128
-REPEATS = 5
 
 # name, channels in, channels out, kernel, stride, input size, count: the same table as the Rust bench.
 LAYERS = [
@@ -33,13 +31,7 @@ LAYERS = [
 
 
 def median_ms(run) -> float:
-    run()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_s(run, warmup=1, repeats=5)
 
 
 def main() -> None:

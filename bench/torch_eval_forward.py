@@ -6,24 +6,16 @@
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch import nn
+from torch_train_step import median_s
 from torchvision.models import resnet18
 
 
 def median_ms(model: nn.Module, batch: int) -> float:
     images = torch.zeros(batch, 3, 32, 32)
-    for _ in range(3):
-        model(images)
-    times = []
-    for _ in range(30):
-        start = time.perf_counter()
-        model(images)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_s(lambda: model(images), warmup=3, repeats=30)
 
 
 def main() -> None:

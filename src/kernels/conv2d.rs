@@ -60,18 +60,29 @@ pub trait ConvOps: Backend {
         options: ConvOptions<2>,
         wanted: [bool; 2],
     ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        let input_grad = wanted[0].then(|| {
-            Self::conv2d_x_backward(
-                x.clone(),
-                weight.clone(),
-                output_grad.clone(),
-                options.clone(),
-            )
-        });
-        let weight_grad =
-            wanted[1].then(|| Self::conv2d_weight_backward(x, weight, output_grad, options));
-        (input_grad, weight_grad)
+        burn_backward::<Self>(x, weight, output_grad, options, wanted)
     }
+}
+
+/// The gradients of `conv2d(x, weight)` by burn's own ops of backend `B`, each computed only when
+/// `wanted` asks for it.
+fn burn_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+    wanted: [bool; 2],
+) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    let input_grad = wanted[0].then(|| {
+        B::conv2d_x_backward(
+            x.clone(),
+            weight.clone(),
+            output_grad.clone(),
+            options.clone(),
+        )
+    });
+    let weight_grad = wanted[1].then(|| B::conv2d_weight_backward(x, weight, output_grad, options));
+    (input_grad, weight_grad)
 }
 
 /// `conv.forward(input)`, through lacoot's kernels when the convolution is dense (groups = 1,
@@ -223,7 +234,6 @@ impl Element for f64 {
 ///
 /// # Safety
 /// Every operand must cover the elements its strides address for the given sizes.
-#[allow(clippy::too_many_arguments)]
 unsafe fn product<T: Element>(
     [m, n, k]: [usize; 3],
     dst: (*mut T, isize, isize),
@@ -521,19 +531,7 @@ impl ConvOps for Flex {
             (Some(g), [DType::F64, DType::F64, DType::F64]) => {
                 host_backward::<f64>(&g, &x, &weight, &output_grad, wanted)
             }
-            _ => {
-                let input_grad = wanted[0].then(|| {
-                    Flex::conv2d_x_backward(
-                        x.clone(),
-                        weight.clone(),
-                        output_grad.clone(),
-                        options.clone(),
-                    )
-                });
-                let weight_grad = wanted[1]
-                    .then(|| Flex::conv2d_weight_backward(x, weight, output_grad, options));
-                (input_grad, weight_grad)
-            }
+            _ => burn_backward::<Flex>(x, weight, output_grad, options, wanted),
         }
     }
 }
