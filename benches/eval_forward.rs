@@ -15,6 +15,7 @@ use lacoot::models::{Architecture, ModelSpec};
 
 fn main() {
     lacoot::memory::keep_freed_memory();
+    let device = lacoot::device::select_from_env().expect("LACOOT_DEVICE names a device");
     let spec = ModelSpec::new(Architecture::Resnet18, 3, 32, 10);
     let model = spec
         .build(&default_device())
@@ -28,7 +29,7 @@ fn main() {
         interleaved_latencies(std::slice::from_ref(&model), [3, 32, 32], batch, &settings)[0]
     });
     println!(
-        "{{\"backend\":\"lacoot\",\"threads\":{threads},\"batch1_ms\":{:.2},\"batch64_ms\":{:.1}}}",
+        "{{\"backend\":\"lacoot\",\"device\":{device:?},\"threads\":{threads},\"batch1_ms\":{:.2},\"batch64_ms\":{:.1}}}",
         batch1.median_ms, batch64.median_ms
     );
 }

@@ -52,6 +52,9 @@ fn touch(gradients: [Option<Tensor<2>>; 2]) {
 
 fn distances(c: &mut Criterion) {
     lacoot::memory::keep_freed_memory();
+    // LACOOT_DEVICE=wgpu (with --features wgpu) times the distances on a GPU; `touch` reads the
+    // gradients, so every iteration ends synchronised.
+    lacoot::device::select_from_env().expect("LACOOT_DEVICE names a device");
     let mut group = c.benchmark_group("sliced_w2_n128_L50");
     group.sample_size(20);
     for dim in DIMS {

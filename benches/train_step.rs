@@ -24,6 +24,9 @@ const BATCH: usize = 128;
 /// Benchmarks training steps of `spec` at λ = 0 and λ = 5 in `group`.
 fn bench_spec(c: &mut Criterion, group_name: &str, spec: &ModelSpec) {
     lacoot::memory::keep_freed_memory();
+    // LACOOT_DEVICE=wgpu (with --features wgpu) times the step on a GPU; each step reads its
+    // reported numbers back, so every iteration ends synchronised.
+    lacoot::device::select_from_env().expect("LACOOT_DEVICE names a device");
     let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
     let device = autodiff_device();

@@ -40,7 +40,7 @@ const CHUNK_ELEMENTS: usize = 1 << 20;
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
 /// Convolutions with lacoot's own kernels where they are faster, implemented per backend.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
 pub trait ConvOps: Backend {
     /// `conv2d(x, weight)` without bias: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`.
     fn dense_conv2d(
@@ -504,6 +504,10 @@ fn host_backward<T: Element>(
         }),
     )
 }
+
+/// burn's own convolutions on the cubecl backends (wgpu, cuda).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl ConvOps for burn::backend::Cube {}
 
 impl ConvOps for Flex {
     fn dense_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {

@@ -1,14 +1,18 @@
 //! The burn ops lacoot replaces with its own kernels, one file per op.
 //!
 //! Each is a burn backend extension: a `flex` implementation for the shapes and element types it
-//! was measured on, burn's generic op as the fallback everywhere else (other backends, other
-//! dtypes, unsupported options), and an autodiff backward of its own.
+//! was measured on, an implementation for the cubecl backends (wgpu, cuda) when one of their
+//! features is built (a CubeCL kernel where burn's op would leave the device, burn's own op
+//! otherwise), burn's generic op as the fallback everywhere else (other dtypes, unsupported
+//! options), and an autodiff backward of its own where the op carries gradients.
 //!
 //! | op | replaces | why (benchmark) |
 //! |---|---|---|
 //! | `conv2d` | `Conv2d::forward` and its backward passes for dense convolutions | batched im2col products instead of one small product per image (`cargo bench --bench conv_layers`) |
+//! | `column_order` | `argsort` along the rows in the distances | on the GPU backends a rank kernel on the device instead of burn's read-back, host sort and upload (no synchronisation in a training step, `tests/gpu.rs`); on `flex` integer-key sorts of the columns in parallel |
 //! | `projection` | `matmul` of point clouds by directions in the distances | the narrow `[n, d] × [d, L]` product split along `d` across threads, SIMD per processor (`cargo bench --bench mswd`) |
 
+pub mod column_order;
 pub mod conv2d;
 pub(crate) mod projection;
 

@@ -43,19 +43,6 @@ impl QuantileCoupling {
         coupling
     }
 
-    /// `W_p^p` between two sorted clouds on the line (`n` and `m` values, ascending).
-    pub fn cost(&self, x_sorted: &[f64], y_sorted: &[f64], p: f64) -> f64 {
-        self.x_ranks
-            .iter()
-            .zip(&self.y_ranks)
-            .zip(&self.masses)
-            .map(|((&i, &j), &mass)| {
-                let gap = (x_sorted[i as usize] - y_sorted[j as usize]).abs();
-                mass * if p == 2.0 { gap * gap } else { gap.powf(p) }
-            })
-            .sum()
-    }
-
     /// The x ranks as an index tensor on `device`.
     pub fn x_rank_tensor(&self, device: &Device) -> Tensor<1, Int> {
         Tensor::from_data(self.x_ranks.as_slice(), device)

@@ -22,8 +22,8 @@ mod sliced;
 pub use ascent::{Ascent, AscentOutcome, AscentStop};
 pub use directions::{DirectionKind, DirectionSampler, Directions};
 pub use sliced::{
-    MaxSlicedDistance, ROOT_EPSILON, SlicedDistance, max_sliced_wasserstein, point_cloud,
-    sliced_wasserstein,
+    DeviceMaxSliced, MaxSlicedDistance, ROOT_EPSILON, SlicedDistance, max_sliced_on_device,
+    max_sliced_wasserstein, point_cloud, sliced_wasserstein,
 };
 
 /// The number of random directions used when the caller does not choose (the paper's and POT's
@@ -114,6 +114,12 @@ pub enum OtError {
         /// Its Euclidean norm.
         norm: f64,
     },
+    /// f64 powers other than squares and square roots are not computed correctly on the GPU
+    /// backends (Vulkan's shader library has 32-bit powers only).
+    #[error(
+        "the order p = {0} with f64 clouds is not supported on a GPU device: use p = 1 or 2, f32 clouds, or --device cpu"
+    )]
+    UnsupportedOrderOnDevice(f64),
     /// The order `p` is not a finite number ≥ 1.
     #[error("the order p must be a finite number >= 1 (got {0})")]
     InvalidOrder(f64),

@@ -1,11 +1,11 @@
 //! Sliced and max-sliced Wasserstein distances.
 
-use burn::tensor::{DType, Tensor};
-use rayon::prelude::*;
+use burn::tensor::{DType, Int, Tensor};
 
 use super::ascent::{Ascent, AscentOutcome, refine_direction};
 use super::coupling::QuantileCoupling;
 use super::{Directions, OtError};
+use crate::kernels::column_order::column_order;
 use crate::kernels::projection::{copy_column, project, project_known};
 
 /// Below this value of `W_p^p`, the root's slope is held at its value here instead of growing without
@@ -73,22 +73,99 @@ pub fn sliced_wasserstein(
         project_on(x, columns.clone(), scales),
         project_on(y, columns, scales),
     );
-    let per_direction = host_costs(x_projected.clone(), y_projected.clone(), None, &coupling, p)?;
-    let mean_cost = costs_along(x_projected, y_projected, &coupling, p).mean();
+    let costs = costs_along(x_projected, y_projected, &coupling, p);
+    let per_direction = finite(host_values(costs.clone())?)?;
+    let mean_cost = costs.mean();
     let mean_value = per_direction.iter().sum::<f64>() / per_direction.len() as f64;
     Ok(SlicedDistance {
         distance: root(mean_value, p),
-        value: guarded_root(mean_cost, mean_value, p),
+        value: guarded_root(mean_cost, p),
         per_direction,
     })
 }
 
+/// A max-sliced distance kept on the device: what a training step needs, computed without reading
+/// anything back to the host (projections, column sorts, costs, arg-max and the tracked winning
+/// direction all stay on the clouds' device).
+#[derive(Clone, Debug)]
+pub struct DeviceMaxSliced {
+    /// `MSW_p`, `[1]`, differentiable with respect to both clouds through the winning direction.
+    pub value: Tensor<1>,
+    /// `MSW_p^p`, `[1]`, differentiable like `value`.
+    pub value_pow_p: Tensor<1>,
+    /// `W_p^p` along each direction, `[L]`, without a graph.
+    pub costs: Tensor<1>,
+    /// Index of the winning direction, `[1]` (the first of equal costs).
+    pub argmax: Tensor<1, Int>,
+    /// The winning unit direction, `[d, 1]`, without a graph.
+    pub direction: Tensor<2>,
+}
+
 /// The max-sliced Wasserstein distance `MSW_p(x, y) = (max_θ W_p^p(θ))^(1/p)` over the given
-/// directions, optionally refined by gradient ascent on the sphere.
+/// directions, entirely on the clouds' device.
 ///
-/// The costs of all directions are computed without recording a graph; only the winning direction is
-/// then projected with gradient tracking, so the backward pass is a rank-1 update per cloud instead of
-/// a dense `[n, L] × [L, d]` product. Shapes and element types as in [`sliced_wasserstein`].
+/// The costs of all directions are computed without recording a graph; only the winning direction
+/// is then projected with gradient tracking (its projections' values are reused), so the backward
+/// pass is a rank-1 update per cloud instead of a dense `[n, L] × [L, d]` product. Shapes and
+/// element types as in [`sliced_wasserstein`].
+pub fn max_sliced_on_device(
+    x: Tensor<2>,
+    y: Tensor<2>,
+    directions: &Directions,
+    p: f64,
+) -> Result<DeviceMaxSliced, OtError> {
+    let coupling = validate(&x, &y, directions, p)?;
+    let device = x.device();
+    let columns = directions.to_matching(&device, x.dtype()).inner();
+    // The projections on the unit directions, without a graph: the stored columns' products,
+    // each column multiplied by its direction's scale.
+    let scale_row = directions.scales().map(|scales| {
+        Tensor::<1>::from_data(scales, (&device, x.dtype())).reshape([1, scales.len()])
+    });
+    let scaled = |projected: Tensor<2>| match &scale_row {
+        Some(row) => projected * row.clone(),
+        None => projected,
+    };
+    let x_projected = scaled(project(x.clone().inner(), columns.clone()));
+    let y_projected = scaled(project(y.clone().inner(), columns.clone()));
+    let (x_order, y_order) = (
+        column_order(x_projected.clone()),
+        column_order(y_projected.clone()),
+    );
+    let costs = matched_costs(
+        (x_projected.clone(), x_order.clone()),
+        (y_projected.clone(), y_order.clone()),
+        &coupling,
+        p,
+    );
+    let argmax = costs.clone().argmax(0);
+    let winner = |matrix: Tensor<2>| matrix.select(1, argmax.clone());
+    let direction = match &scale_row {
+        Some(row) => copy_column(columns, argmax.clone()) * winner(row.clone()),
+        None => copy_column(columns, argmax.clone()),
+    };
+    let x_tracked = project_known(x, direction.clone(), winner(x_projected));
+    let y_tracked = project_known(y, direction.clone(), winner(y_projected));
+    let value_pow_p = matched_costs(
+        (x_tracked, x_order.select(1, argmax.clone())),
+        (y_tracked, y_order.select(1, argmax.clone())),
+        &coupling,
+        p,
+    );
+    Ok(DeviceMaxSliced {
+        value: guarded_root(value_pow_p.clone(), p),
+        value_pow_p,
+        costs,
+        argmax,
+        direction,
+    })
+}
+
+/// The max-sliced Wasserstein distance `MSW_p(x, y) = (max_θ W_p^p(θ))^(1/p)` over the given
+/// directions, optionally refined by gradient ascent on the sphere, with its numbers read back to
+/// the host for reporting ([`max_sliced_on_device`] is the same distance without the read).
+/// Shapes and element types as in [`sliced_wasserstein`]; a cost that is not finite (a cloud with
+/// NaN or infinity) is an error.
 pub fn max_sliced_wasserstein(
     x: Tensor<2>,
     y: Tensor<2>,
@@ -96,61 +173,46 @@ pub fn max_sliced_wasserstein(
     p: f64,
     ascent: Option<Ascent>,
 ) -> Result<MaxSlicedDistance, OtError> {
-    let coupling = validate(&x, &y, directions, p)?;
-    let columns = directions.to_matching(&x.device(), x.dtype()).inner();
-    let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
-    // Projections on the stored columns; their scales are applied on the host, and to the one
-    // column of each that the graph reuses.
-    let scales = directions.scales();
-    let x_projected = project(x_plain.clone(), columns.clone());
-    let y_projected = project(y_plain.clone(), columns.clone());
-    let per_direction = host_costs(
-        x_projected.clone(),
-        y_projected.clone(),
-        scales,
-        &coupling,
-        p,
-    )?;
-    let argmax = index_of_max(&per_direction);
-    let scale = scales.map_or(1.0, |scales| scales[argmax]);
-    // Copied out of the `[d, L]` matrix once, here: every later use (the graph, both backward
-    // outer products, the returned direction) reads it contiguously.
-    let best_column = copy_column(columns, argmax).mul_scalar(scale);
-    let refined = match ascent {
-        Some(ascent) if ascent.steps > 0 => Some(refine_direction(
-            &x_plain,
-            &y_plain,
-            best_column.clone(),
-            per_direction[argmax],
-            &coupling,
-            p,
-            &ascent,
-        )?),
-        _ => None,
-    };
-    // The tracked projections on the winning direction: for a random direction their values are
-    // a column of the projections above, so only the graph is added.
-    let ascent_outcome = refined.as_ref().map(|(_, _, outcome)| *outcome);
-    let (direction, cost, x_tracked, y_tracked) = match refined {
-        Some((direction, cost, _)) => {
+    let on_device = max_sliced_on_device(x.clone(), y.clone(), directions, p)?;
+    let per_direction = finite(host_values(on_device.costs)?)?;
+    let argmax = on_device
+        .argmax
+        .try_into_vec_as::<i64>()
+        .map_err(|e| OtError::Backend(e.to_string()))?[0] as usize;
+    let random = (
+        on_device.direction,
+        per_direction[argmax],
+        on_device.value,
+        on_device.value_pow_p,
+    );
+    let (direction, cost, value, value_pow_p, ascent_outcome) = match ascent {
+        Some(ascent) if ascent.steps > 0 => {
+            let coupling = QuantileCoupling::new(x.dims()[0], y.dims()[0]);
+            let (direction, cost, outcome) = refine_direction(
+                &x.clone().inner(),
+                &y.clone().inner(),
+                random.0,
+                random.1,
+                &coupling,
+                p,
+                &ascent,
+            )?;
             let on_device = direction.clone().to_device(&x.device());
-            let x_tracked = project(x, on_device.clone());
-            (direction, cost, x_tracked, project(y, on_device))
+            let value_pow_p = costs_along(
+                project(x, on_device.clone()),
+                project(y, on_device),
+                &coupling,
+                p,
+            );
+            let value = guarded_root(value_pow_p.clone(), p);
+            (direction, cost, value, value_pow_p, Some(outcome))
         }
-        None => {
-            let on_device = best_column.clone().to_device(&x.device());
-            let x_known = x_projected.narrow(1, argmax, 1).mul_scalar(scale);
-            let y_known = y_projected.narrow(1, argmax, 1).mul_scalar(scale);
-            let x_tracked = project_known(x, on_device.clone(), x_known);
-            let y_tracked = project_known(y, on_device, y_known);
-            (best_column, per_direction[argmax], x_tracked, y_tracked)
-        }
+        _ => (random.0, random.1, random.2, random.3, None),
     };
-    let tracked_cost = costs_along(x_tracked, y_tracked, &coupling, p);
     let [dim, _] = direction.dims();
     Ok(MaxSlicedDistance {
-        value: guarded_root(tracked_cost.clone(), cost, p),
-        value_pow_p: tracked_cost,
+        value,
+        value_pow_p,
         distance: root(cost, p),
         per_direction,
         argmax,
@@ -169,12 +231,23 @@ pub(crate) fn costs_along(
     coupling: &QuantileCoupling,
     p: f64,
 ) -> Tensor<1> {
+    let x_order = column_order(x_projected.clone().inner()).to_device(&x_projected.device());
+    let y_order = column_order(y_projected.clone().inner()).to_device(&y_projected.device());
+    matched_costs((x_projected, x_order), (y_projected, y_order), coupling, p)
+}
+
+/// `W_p^p` along each column of the projections, `[L]`, given each column's ascending order:
+/// the quantile coupling matches the `k`-th smallest values of both clouds (through the coupling's
+/// ranks and masses when the clouds differ in size).
+fn matched_costs(
+    (x_projected, x_order): (Tensor<2>, Tensor<2, Int>),
+    (y_projected, y_order): (Tensor<2>, Tensor<2, Int>),
+    coupling: &QuantileCoupling,
+    p: f64,
+) -> Tensor<1> {
     let [n, count] = x_projected.dims();
     let [m, _] = y_projected.dims();
     let device = x_projected.device();
-    let dtype = x_projected.dtype();
-    let x_order = x_projected.clone().inner().argsort(0).to_device(&device);
-    let y_order = y_projected.clone().inner().argsort(0).to_device(&device);
     let cost = if n == m {
         let gaps = x_projected.gather(0, x_order) - y_projected.gather(0, y_order);
         power(gaps, p).mean_dim(0)
@@ -182,7 +255,7 @@ pub(crate) fn costs_along(
         let x_matched = x_order.select(0, coupling.x_rank_tensor(&device));
         let y_matched = y_order.select(0, coupling.y_rank_tensor(&device));
         let gaps = x_projected.gather(0, x_matched) - y_projected.gather(0, y_matched);
-        let masses = Tensor::<1>::from_data(coupling.masses.as_slice(), (&device, dtype))
+        let masses = Tensor::<1>::from_data(coupling.masses.as_slice(), (&device, gaps.dtype()))
             .reshape([coupling.masses.len(), 1]);
         (power(gaps, p) * masses).sum_dim(0)
     };
@@ -202,49 +275,12 @@ fn project_on(points: Tensor<2>, columns: Tensor<2>, scales: Option<&[f64]>) -> 
     }
 }
 
-/// The values of [`costs_along`], computed on the host without a graph: each direction's two
-/// columns (times its scale, if given) sorted and matched in f64, the directions in parallel. Both
-/// distances report these values (so they agree exactly when given the same single direction); the
-/// graphs only carry gradients. A cost that is not finite (a cloud with NaN or infinity) is an error.
-fn host_costs(
-    x_projected: Tensor<2>,
-    y_projected: Tensor<2>,
-    scales: Option<&[f64]>,
-    coupling: &QuantileCoupling,
-    p: f64,
-) -> Result<Vec<f64>, OtError> {
-    let count = x_projected.dims()[1];
-    let host = |projected: Tensor<2>| {
-        projected
-            .inner()
-            .try_into_vec_as::<f64>()
-            .map_err(|e| OtError::Backend(e.to_string()))
-    };
-    let (xs, ys) = (host(x_projected)?, host(y_projected)?);
-    let sorted_column = |values: &[f64], l: usize| {
-        let scale = scales.map_or(1.0, |scales| scales[l]);
-        sorted_ascending(values.iter().skip(l).step_by(count).map(|v| v * scale))
-    };
-    let costs: Vec<f64> = (0..count)
-        .into_par_iter()
-        .map(|l| coupling.cost(&sorted_column(&xs, l), &sorted_column(&ys, l), p))
-        .collect();
+/// The costs unchanged when all are finite; a cloud with NaN or infinity is an error.
+fn finite(costs: Vec<f64>) -> Result<Vec<f64>, OtError> {
     if costs.iter().any(|c| !c.is_finite()) {
         return Err(OtError::NonFinite);
     }
     Ok(costs)
-}
-
-/// The values in ascending order (IEEE 754 total order, as `f64::total_cmp`), sorted as integer keys:
-/// a float's bits, with the magnitude bits flipped for negative values, order like the float, and
-/// integers compare faster.
-fn sorted_ascending(values: impl Iterator<Item = f64>) -> Vec<f64> {
-    let flip = |bits: i64| bits ^ (((bits >> 63) as u64) >> 1) as i64;
-    let mut keys: Vec<i64> = values.map(|v| flip(v.to_bits() as i64)).collect();
-    keys.sort_unstable();
-    keys.into_iter()
-        .map(|key| f64::from_bits(flip(key) as u64))
-        .collect()
 }
 
 /// `|gaps|^p`, with the common orders spelled out.
@@ -258,29 +294,33 @@ fn power(gaps: Tensor<2>, p: f64) -> Tensor<2> {
     }
 }
 
-/// `cost^(1/p)` as a tensor whose value is exactly `root(cost_value, p)` and whose gradient is that
-/// of the root at `max(cost_value, ROOT_EPSILON)` times the cost's gradient.
-fn guarded_root(cost: Tensor<1>, cost_value: f64, p: f64) -> Tensor<1> {
-    let slope = cost_value.max(ROOT_EPSILON).powf(1.0 / p - 1.0) / p;
-    (cost.clone() - cost.detach())
-        .mul_scalar(slope)
-        .add_scalar(root(cost_value, p))
+/// `cost^(1/p)`, computed on the device, whose gradient is that of the root at
+/// `max(cost, ROOT_EPSILON)` times the cost's gradient: a block that is already an identity (cost 0,
+/// whose cost gradient is 0) gets gradient 0 instead of NaN.
+fn guarded_root(cost: Tensor<1>, p: f64) -> Tensor<1> {
+    let held = cost.clone().detach();
+    // Square roots spelled out: f64 `powf` is wrong on the GPU backends (see `validate`).
+    let (value, slope) = if p == 1.0 {
+        (held.clone().clamp_min(0.0), held.ones_like())
+    } else if p == 2.0 {
+        let floor = held.clone().clamp_min(ROOT_EPSILON).sqrt();
+        (
+            held.clone().clamp_min(0.0).sqrt(),
+            floor.recip().mul_scalar(0.5),
+        )
+    } else {
+        let floor = held.clone().clamp_min(ROOT_EPSILON);
+        (
+            held.clone().clamp_min(0.0).powf_scalar(1.0 / p),
+            floor.powf_scalar(1.0 / p - 1.0).div_scalar(p),
+        )
+    };
+    (cost - held) * slope + value
 }
 
 /// `cost^(1/p)` for a cost that rounding may have left a hair below zero.
 fn root(cost: f64, p: f64) -> f64 {
     cost.max(0.0).powf(1.0 / p)
-}
-
-/// The index of the largest value (the first, on ties).
-fn index_of_max(values: &[f64]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
 }
 
 /// The tensor's values as f64 on the host.
@@ -318,6 +358,9 @@ fn validate(
         return Err(OtError::InvalidOrder(p));
     }
     let (x_type, y_type) = (x.dtype(), y.dtype());
+    if x_type == DType::F64 && p != 1.0 && p != 2.0 && !crate::device::is_host(&x.device()) {
+        return Err(OtError::UnsupportedOrderOnDevice(p));
+    }
     if !matches!(x_type, DType::F32 | DType::F64) {
         return Err(OtError::UnsupportedDType(format!("{x_type:?}")));
     }
@@ -328,34 +371,4 @@ fn validate(
         });
     }
     Ok(QuantileCoupling::new(n, m))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn integer_keys_sort_like_total_cmp(values in proptest::collection::vec(any::<f64>(), 0..200)) {
-            let mut expected = values.clone();
-            expected.sort_by(f64::total_cmp);
-            let got = sorted_ascending(values.into_iter());
-            prop_assert_eq!(
-                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            );
-        }
-    }
-
-    #[test]
-    fn signed_zeros_and_extremes_keep_their_order() {
-        let got = sorted_ascending([0.0, -0.0, 1.5, -1.5, f64::MAX, f64::MIN, -1e-300].into_iter());
-        let bits: Vec<u64> = got.iter().map(|v| v.to_bits()).collect();
-        let expected: Vec<u64> = [f64::MIN, -1.5, -1e-300, -0.0, 0.0, 1.5, f64::MAX]
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
-        assert_eq!(bits, expected);
-    }
 }

@@ -27,7 +27,10 @@ use crate::data::{BatchPlan, ImageSet, Normalization, Splits, batch_count, batch
 use crate::device::autodiff_device;
 use crate::fsutil::write_atomic;
 use crate::models::{BlockNetwork, ModelSpec, Network};
-use crate::ot::{Ascent, DirectionKind, DirectionSampler, max_sliced_wasserstein, point_cloud};
+use crate::ot::{
+    Ascent, DirectionKind, DirectionSampler, max_sliced_on_device, max_sliced_wasserstein,
+    point_cloud,
+};
 
 /// Salt that separates the direction sampler's seed from the model's and the data's.
 const DIRECTION_SEED_SALT: u64 = 0x4C61_436F_4F54;
@@ -49,6 +52,9 @@ pub enum TrainError {
     /// A distance could not be computed.
     #[error(transparent)]
     Distance(#[from] crate::ot::OtError),
+    /// The device failed.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// A file of the run could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -132,9 +138,14 @@ pub struct RunRecord {
     pub split_sizes: [usize; 3],
     /// The lacoot version and git revision that trained.
     pub lacoot_version: String,
-    /// Settings changed on resume, oldest first (e.g. `epochs 10 -> 20 after epoch 10`).
+    /// Settings changed on resume, oldest first (e.g. `epochs 10 -> 20 after epoch 10`, or a
+    /// change of device).
     #[serde(default)]
     pub changes: Vec<String>,
+    /// The device that trained the run (the last one, when a resume changed it; `changes` lists
+    /// the earlier ones).
+    #[serde(default)]
+    pub device: String,
 }
 
 impl RunRecord {
@@ -344,6 +355,12 @@ pub fn train(
             {
                 change.push_str(&format!(" after epoch {}", state.epochs_done));
             }
+        }
+        if !recorded.device.is_empty() && recorded.device != record.device {
+            record.changes.push(format!(
+                "device {} -> {} after epoch {}",
+                recorded.device, record.device, state.epochs_done
+            ));
         }
         if state.epochs_done > config.epochs {
             return Err(TrainError::Config(format!(
@@ -574,7 +591,8 @@ impl TrainingStep {
         let (logits, features) = model.forward_capturing(images, &self.captured);
         let cross_entropy = self.loss_fn.forward(logits.clone(), labels.clone());
         let mut terms = Vec::with_capacity(features.len());
-        let mut block_mswd = Vec::with_capacity(features.len());
+        let mut block_names = Vec::with_capacity(features.len());
+        let mut block_distances = Vec::with_capacity(features.len());
         for block in features {
             let (x, y) = (point_cloud(block.input), point_cloud(block.output));
             let directions = self.sampler.sample_kind(
@@ -584,31 +602,51 @@ impl TrainingStep {
                 &self.device,
                 x.dtype(),
             )?;
-            let distance = max_sliced_wasserstein(x, y, &directions, self.p, self.ascent).map_err(
-                |source| TrainError::BlockDistance {
-                    block: block.name.clone(),
-                    source,
-                },
-            )?;
-            let term = if self.squared {
-                distance.value_pow_p
-            } else {
-                distance.value
+            let failed = |source| TrainError::BlockDistance {
+                block: block.name.clone(),
+                source,
             };
+            // Without ascent the distance stays on the device; the ascent reads its steps' costs.
+            let (value, value_pow_p) = match self.ascent {
+                None => {
+                    let distance =
+                        max_sliced_on_device(x, y, &directions, self.p).map_err(failed)?;
+                    (distance.value, distance.value_pow_p)
+                }
+                Some(ascent) => {
+                    let distance = max_sliced_wasserstein(x, y, &directions, self.p, Some(ascent))
+                        .map_err(failed)?;
+                    (distance.value, distance.value_pow_p)
+                }
+            };
+            block_distances.push(value.clone().inner());
+            let term = if self.squared { value_pow_p } else { value };
             terms.push(term.mul_scalar(self.block_weights[&block.name]));
-            block_mswd.push((block.name, distance.distance));
+            block_names.push(block.name);
         }
         let regulariser = (!terms.is_empty()).then(|| Tensor::cat(terms, 0).mean());
         let loss = match &regulariser {
             Some(r) => cross_entropy.clone() + r.clone().mul_scalar(lambda),
             None => cross_entropy.clone(),
         };
+        // Everything the step reports, read back in one transfer: the step's only synchronisation.
+        let mut reported = vec![
+            loss.clone().inner(),
+            cross_entropy.inner(),
+            regulariser.map_or_else(|| loss.clone().inner().zeros_like(), Tensor::inner),
+            correct(&logits, &labels),
+        ];
+        reported.extend(block_distances);
+        let numbers = crate::device::read_to_host(Tensor::cat(reported, 0))?;
         let outcome = StepOutcome {
-            loss: scalar(&loss),
-            cross_entropy: scalar(&cross_entropy),
-            regulariser: regulariser.as_ref().map_or(0.0, scalar),
-            block_mswd,
-            correct: correct(&logits, &labels),
+            loss: numbers[0],
+            cross_entropy: numbers[1],
+            regulariser: numbers[2],
+            block_mswd: block_names
+                .into_iter()
+                .zip(numbers[4..].iter().copied())
+                .collect(),
+            correct: numbers[3] as usize,
             images: labels.dims()[0],
         };
         if !outcome.loss.is_finite() {
@@ -644,6 +682,7 @@ fn run_record(config: &TrainConfig, splits: &Splits) -> RunRecord {
             env!("LACOOT_GIT_REVISION")
         ),
         changes: Vec::new(),
+        device: crate::device::selected_label(),
     }
 }
 
@@ -838,16 +877,32 @@ pub fn evaluate<N: BlockNetwork>(
             "cannot evaluate on an empty split".into(),
         ));
     }
-    let (mut right, mut loss_sum, mut seen) = (0usize, 0.0, 0usize);
+    // Summed on the device and read back once at the end: no synchronisation per batch.
+    let mut totals: Option<Tensor<1>> = None;
+    let mut seen = 0usize;
     for batch in batches(set.clone(), normalization.clone(), plan, 0) {
         let batch = batch?;
         let (images, labels) = batch.to_tensors(&device);
         let logits = model.forward(images);
-        loss_sum +=
-            scalar(&loss_fn.forward(logits.clone(), labels.clone())) * batch.labels.len() as f64;
-        right += correct(&logits, &labels);
+        let loss_sum = loss_fn
+            .forward(logits.clone(), labels.clone())
+            .mul_scalar(batch.labels.len() as f64);
+        let batch_totals = Tensor::cat(vec![loss_sum, correct(&logits, &labels)], 0);
+        totals = Some(match totals {
+            Some(sum) => sum + batch_totals,
+            None => batch_totals,
+        });
         seen += batch.labels.len();
     }
+    let [loss_sum, right] = match totals.map(crate::device::read_to_host) {
+        Some(Ok(numbers)) => [numbers[0], numbers[1]],
+        Some(Err(e)) => {
+            return Err(crate::data::DataError::Batching(format!(
+                "reading the evaluation's totals: {e}"
+            )));
+        }
+        None => [0.0, 0.0],
+    };
     if seen != set.len() {
         return Err(crate::data::DataError::Batching(format!(
             "evaluated {seen} of {} images",
@@ -855,23 +910,21 @@ pub fn evaluate<N: BlockNetwork>(
         )));
     }
     Ok(Evaluation {
-        accuracy: right as f64 / seen as f64,
+        accuracy: right / seen as f64,
         loss: loss_sum / seen as f64,
         images: seen,
     })
 }
 
-fn scalar(tensor: &Tensor<1>) -> f64 {
-    tensor.clone().inner().into_scalar::<f32>() as f64
-}
-
-fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> usize {
+/// The number of correctly classified images, `[1]`, as a float on the logits' device.
+fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> Tensor<1> {
     let predicted = logits.clone().inner().argmax(1).flatten::<1>(0, 1);
     predicted
         .equal(labels.clone().inner())
         .int()
         .sum()
-        .into_scalar::<i64>() as usize
+        .float()
+        .cast(logits.dtype())
 }
 
 #[derive(Default)]

@@ -3,6 +3,7 @@
 mod architecture;
 mod collapse;
 mod demo;
+mod devices;
 mod distance;
 mod export;
 mod inspect;
@@ -28,6 +29,13 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    /// Where to compute: cpu (burn's flex backend), wgpu or wgpu:N (a Vulkan, Metal or DX12
+    /// adapter; needs a build with `--features wgpu`), cuda or cuda:N (`--features cuda`), or
+    /// auto (the first GPU found, else the CPU). `lacoot devices` lists what this machine has.
+    /// A run records its device; resume, eval and collapse may use another.
+    #[arg(long, global = true, default_value = "cpu", value_name = "DEVICE")]
+    device: lacoot::device::DeviceChoice,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +44,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Demo(demo::DemoArgs),
+    Devices(devices::DevicesArgs),
     Distance(distance::DistanceArgs),
     Inspect(inspect::InspectArgs),
     Train(train::TrainArgs),
@@ -51,6 +60,28 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     init_logging(cli.verbose);
     let outcome = match cli.command {
+        Command::Devices(args) => devices::run(&args),
+        command => lacoot::device::select(cli.device)
+            .map_err(anyhow::Error::from)
+            .and_then(|(_, label)| {
+                tracing::info!(device = %label, "computing on");
+                run(command, &matches)
+            }),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if is_closed_pipe(&error) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a subcommand on the selected device.
+fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    match command {
+        Command::Devices(args) => devices::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Distance(args) => distance::run(&args),
         Command::Inspect(args) => inspect::run(&args),
@@ -69,14 +100,6 @@ fn main() -> std::process::ExitCode {
                 .subcommand_matches("sweep")
                 .expect("the sweep subcommand"),
         ),
-    };
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) if is_closed_pipe(&error) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }
 

@@ -25,13 +25,13 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Shape, Slice, Tensor, TensorData};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Projections of point clouds on directions, implemented per backend.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
 pub trait ProjectionOps: Backend {
     /// `points · columns`: `points` is `[n, d]`, `columns` is `[d, L]`, the result `[n, L]`.
     fn project_columns(points: FloatTensor<Self>, columns: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -52,28 +52,20 @@ pub trait ProjectionOps: Backend {
         Self::float_mul(column, row)
     }
 
-    /// Column `index` of `columns` (`[d, L]`), copied out as a contiguous `[d, 1]`.
-    fn copy_column(columns: FloatTensor<Self>, index: usize) -> FloatTensor<Self> {
-        sliced_column::<Self>(columns, index)
+    /// The column of `columns` (`[d, L]`) that the one-element `index` names, copied out as a
+    /// contiguous `[d, 1]`; on the device, without reading `index` back.
+    fn copy_column(columns: FloatTensor<Self>, index: IntTensor<Self>) -> FloatTensor<Self> {
+        Self::float_select(columns, 1, index)
     }
 }
 
-/// Column `index` of `columns` (`[d, L]`) as a `[d, 1]` tensor, by the backend's own slicing.
-fn sliced_column<B: Backend>(columns: FloatTensor<B>, index: usize) -> FloatTensor<B> {
-    let dim = columns.shape()[0];
-    let slices = [
-        Slice::new(0, None, 1),
-        Slice::new(index as isize, Some(index as isize + 1), 1),
-    ];
-    B::float_reshape(B::float_slice(columns, &slices), Shape::new([dim, 1]))
-}
-
-/// Column `index` of `columns` (`[d, L]`) as a contiguous `[d, 1]` tensor: gathered in parallel,
-/// since each of its values lies on a different cache line of the matrix.
-pub(crate) fn copy_column(columns: Tensor<2>, index: usize) -> Tensor<2> {
+/// The column of `columns` (`[d, L]`) that the one-element `index` names, as a contiguous `[d, 1]`
+/// tensor (on `flex` gathered in parallel, since each of its values lies on a different cache
+/// line of the matrix).
+pub(crate) fn copy_column(columns: Tensor<2>, index: Tensor<1, Int>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as ProjectionOps>::copy_column(
         columns.into_dispatch(),
-        index,
+        index.into_dispatch(),
     ))
 }
 
@@ -100,6 +92,14 @@ pub(crate) fn project_known(
     ))
 }
 
+/// burn's matmul and slicing on the cubecl backends (wgpu, cuda): on the device, without a read.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl ProjectionOps for burn::backend::Cube {
+    fn project_columns(points: FloatTensor<Self>, columns: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(points, columns)
+    }
+}
+
 impl ProjectionOps for Flex {
     fn project_columns(points: FlexTensor, columns: FlexTensor) -> FlexTensor {
         match points.dtype() {
@@ -109,11 +109,17 @@ impl ProjectionOps for Flex {
         }
     }
 
-    fn copy_column(columns: FlexTensor, index: usize) -> FlexTensor {
+    fn copy_column(columns: FlexTensor, index: FlexTensor) -> FlexTensor {
+        let position = index
+            .to_contiguous()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("an integer index")[0] as usize;
         match columns.dtype() {
-            DType::F32 => host_column::<f32>(&columns, index),
-            DType::F64 => host_column::<f64>(&columns, index),
-            _ => sliced_column::<Flex>(columns, index),
+            DType::F32 => host_column::<f32>(&columns, position),
+            DType::F64 => host_column::<f64>(&columns, position),
+            _ => Flex::float_select(columns, 1, index),
         }
     }
 
