@@ -232,6 +232,7 @@ mod gpu {
 
     use burn::tensor::Device;
     use cubecl::Device as CubeDevice;
+    use cubecl::device::WgpuDeviceKind;
 
     use super::{DeviceChoice, DeviceError, DeviceInfo};
 
@@ -259,8 +260,17 @@ mod gpu {
         let client = device.client();
         let properties = client.properties();
         let kind = match device {
-            CubeDevice::Wgpu(wgpu) => format!("{:?} (wgpu, {})", wgpu.kind, client.name()),
-            other => format!("{:?}", other.runtime()),
+            CubeDevice::Wgpu(wgpu) => {
+                let kind = match wgpu.kind {
+                    WgpuDeviceKind::DiscreteGpu(_) => "discrete GPU".to_string(),
+                    WgpuDeviceKind::IntegratedGpu(_) => "integrated GPU".to_string(),
+                    WgpuDeviceKind::VirtualGpu(_) => "virtual GPU".to_string(),
+                    WgpuDeviceKind::Cpu => "software rasteriser on the CPU".to_string(),
+                    ref other => format!("{other:?}"),
+                };
+                format!("{kind} ({})", client.name())
+            }
+            other => format!("{:?} GPU", other.runtime()),
         };
         DeviceInfo {
             spec,
@@ -271,7 +281,7 @@ mod gpu {
     }
 
     fn is_software(device: &CubeDevice) -> bool {
-        matches!(device, CubeDevice::Wgpu(wgpu) if matches!(wgpu.kind, cubecl::wgpu::WgpuDeviceKind::Cpu))
+        matches!(device, CubeDevice::Wgpu(wgpu) if matches!(wgpu.kind, WgpuDeviceKind::Cpu))
     }
 
     fn pick(

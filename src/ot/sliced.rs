@@ -115,8 +115,9 @@ pub fn max_sliced_on_device(
     p: f64,
 ) -> Result<DeviceMaxSliced, OtError> {
     let coupling = validate(&x, &y, directions, p)?;
-    let device = x.device();
-    let columns = directions.to_matching(&device, x.dtype()).inner();
+    let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
+    let device = x_plain.device();
+    let columns = directions.to_matching(&device, x.dtype());
     // The projections on the unit directions, without a graph: the stored columns' products,
     // each column multiplied by its direction's scale.
     let scale_row = directions.scales().map(|scales| {
@@ -126,8 +127,8 @@ pub fn max_sliced_on_device(
         Some(row) => projected * row.clone(),
         None => projected,
     };
-    let x_projected = scaled(project(x.clone().inner(), columns.clone()));
-    let y_projected = scaled(project(y.clone().inner(), columns.clone()));
+    let x_projected = scaled(project(x_plain, columns.clone()));
+    let y_projected = scaled(project(y_plain, columns.clone()));
     let (x_order, y_order) = (
         column_order(x_projected.clone()),
         column_order(y_projected.clone()),

@@ -115,8 +115,10 @@ fn is_closed_pipe(error: &anyhow::Error) -> bool {
 
 /// Logs go to standard error so that standard output stays clean for results (and `--json`).
 fn init_logging(verbose: u8) {
+    // wgpu reports every graphics API it probes and does not find (EGL, a missing Vulkan driver)
+    // as an error: normal while listing adapters, so shown only from -v on.
     let default_level = match verbose {
-        0 => "warn",
+        0 => "warn,wgpu_hal=off",
         1 => "info",
         _ => "debug",
     };
