@@ -336,6 +336,16 @@ fn train_collapse_and_eval_round_trip_on_wgpu() {
     let reported = report["steps"][chosen]["test"]["accuracy"]
         .as_f64()
         .unwrap();
+    // Export reads the weights back from the device the command runs on.
+    let onnx = tmp.path().join("model.onnx");
+    ok(lacoot()
+        .args(["export", "--device", "wgpu", "--format", "onnx", "--model"])
+        .arg(run.join("collapse").join("model"))
+        .arg("--out")
+        .arg(&onnx)
+        .output()
+        .unwrap());
+    assert!(onnx.is_file());
     let model = run.join("collapse").join("model");
     for device in ["wgpu", "cpu"] {
         let eval: serde_json::Value = serde_json::from_str(&ok(lacoot()
@@ -346,6 +356,92 @@ fn train_collapse_and_eval_round_trip_on_wgpu() {
         .unwrap();
         assert_eq!(eval["accuracy"].as_f64().unwrap(), reported, "{device}");
     }
+    // A run trained on the GPU resumes on the CPU, and says so.
+    ok(lacoot()
+        .args([
+            "train", "--device", "cpu", "--resume", "--epochs", "2", "--out", run_arg,
+        ])
+        .output()
+        .unwrap());
+    let record = read_json(&run.join("config.json"));
+    let changes = record["changes"].to_string();
+    assert!(
+        changes.contains("device wgpu:") && changes.contains("-> cpu"),
+        "{changes}"
+    );
+}
+
+#[test]
+fn the_other_subcommands_run_on_wgpu() {
+    let _turn = turn();
+    if wgpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    ok(lacoot()
+        .args([
+            "inspect", "--device", "wgpu", "--model", "resnet18", "--width", "4",
+        ])
+        .output()
+        .unwrap());
+    let case = local_fixtures().join("ot").join("case1");
+    let distance: serde_json::Value = serde_json::from_str(&ok(lacoot()
+        .args(["distance", "--device", "wgpu", "--json", "--x"])
+        .arg(case.join("x.npy"))
+        .arg("--y")
+        .arg(case.join("y.npy"))
+        .arg("--projections")
+        .arg(case.join("theta.npy"))
+        .output()
+        .unwrap()))
+    .unwrap();
+    let expected = read_json(&case.join("expected.json"));
+    assert_close(
+        distance["max_sliced_w2"].as_f64().unwrap(),
+        expected["max_sliced_w2"].as_f64().unwrap(),
+        1e-5,
+        0.0,
+        "lacoot distance --device wgpu",
+    );
+    write_toy_data(tmp.path(), 2);
+    let sweep = tmp.path().join("sweep");
+    ok(lacoot()
+        .args(["sweep", "--device", "wgpu", "--data", "mnist", "--data-dir"])
+        .arg(tmp.path())
+        .args([
+            "--lambdas",
+            "1",
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "10",
+        ])
+        .args(["--num-projections", "4", "--validation-fraction", "0.25"])
+        .args([
+            "--score-projections",
+            "8",
+            "--latency-repeats",
+            "1",
+            "--max-drop",
+            "100",
+        ])
+        .arg("--out")
+        .arg(&sweep)
+        .output()
+        .unwrap());
+    assert!(sweep.join("sweep").join("report.json").is_file());
+    // The demo on the embedded subset, at its smallest.
+    let demo = tmp.path().join("demo");
+    let text = ok(lacoot()
+        .args([
+            "demo", "--device", "wgpu", "--width", "4", "--epochs", "1", "--out",
+        ])
+        .arg(&demo)
+        .output()
+        .unwrap());
+    assert!(text.contains("LaCoOT (lambda 1)"), "{text}");
 }
 
 #[test]

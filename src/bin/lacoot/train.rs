@@ -218,7 +218,7 @@ impl TrainSettingsArgs {
 }
 
 /// Flags that may differ from the recorded settings on --resume (or say nothing about them).
-const RESUMABLE_FLAGS: [&str; 4] = ["out", "resume", "epochs", "verbose"];
+const RESUMABLE_FLAGS: [&str; 5] = ["out", "resume", "epochs", "verbose", "device"];
 
 /// The `config.json` key each setting flag is recorded under, where the names differ.
 fn recorded_key(flag: &str) -> &str {
