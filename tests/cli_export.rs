@@ -68,10 +68,8 @@ fn a_collapsed_run_exports_to_onnx_and_torchvision() {
     let run = tmp.path().join("run");
     let run_arg = run.to_str().unwrap();
     ok(lacoot()
-        .args(["train", "--data", "mnist", "--data-dir"])
-        .arg(tmp.path())
-        .args(["--width", "4", "--epochs", "1", "--batch-size", "10"])
-        .args(["--num-projections", "4", "--validation-fraction", "0.25"])
+        .arg("train")
+        .args(common::tiny_training(tmp.path()))
         .args(["--out", run_arg])
         .output()
         .unwrap());

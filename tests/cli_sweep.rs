@@ -6,14 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{lacoot, ok, read_json};
+use common::{lacoot, ok, read_json, tiny_training};
 
 fn sweep(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     lacoot()
-        .args(["sweep", "--data", "mnist", "--data-dir"])
-        .arg(data)
-        .args(["--width", "4", "--epochs", "1", "--batch-size", "10"])
-        .args(["--num-projections", "4", "--validation-fraction", "0.25"])
+        .arg("sweep")
+        .args(tiny_training(data))
         .args([
             "--score-projections",
             "8",

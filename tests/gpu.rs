@@ -313,10 +313,8 @@ fn train_collapse_and_eval_round_trip_on_wgpu() {
     let run = tmp.path().join("run");
     let run_arg = run.to_str().unwrap();
     ok(lacoot()
-        .args(["train", "--device", "wgpu", "--data", "mnist", "--data-dir"])
-        .arg(tmp.path())
-        .args(["--width", "4", "--epochs", "1", "--batch-size", "10"])
-        .args(["--num-projections", "4", "--validation-fraction", "0.25"])
+        .args(["train", "--device", "wgpu"])
+        .args(tiny_training(tmp.path()))
         .args(["--out", run_arg])
         .output()
         .unwrap());
@@ -406,27 +404,10 @@ fn the_other_subcommands_run_on_wgpu() {
     write_toy_data(tmp.path(), 2);
     let sweep = tmp.path().join("sweep");
     ok(lacoot()
-        .args(["sweep", "--device", "wgpu", "--data", "mnist", "--data-dir"])
-        .arg(tmp.path())
-        .args([
-            "--lambdas",
-            "1",
-            "--width",
-            "4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "10",
-        ])
-        .args(["--num-projections", "4", "--validation-fraction", "0.25"])
-        .args([
-            "--score-projections",
-            "8",
-            "--latency-repeats",
-            "1",
-            "--max-drop",
-            "100",
-        ])
+        .args(["sweep", "--device", "wgpu", "--lambdas", "1"])
+        .args(tiny_training(tmp.path()))
+        .args(["--score-projections", "8", "--latency-repeats", "1"])
+        .args(["--max-drop", "100"])
         .arg("--out")
         .arg(&sweep)
         .output()

@@ -11,6 +11,30 @@ pub fn local_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The flags of the tests' smallest training on the toy MNIST data in `data` (see
+/// [`write_toy_data`]): width 4, one epoch, batches of 10, 4 directions, a quarter held out.
+pub fn tiny_training(data: &Path) -> Vec<std::ffi::OsString> {
+    let mut flags: Vec<std::ffi::OsString> =
+        vec!["--data".into(), "mnist".into(), "--data-dir".into()];
+    flags.push(data.into());
+    flags.extend(
+        [
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "10",
+            "--num-projections",
+            "4",
+            "--validation-fraction",
+            "0.25",
+        ]
+        .map(Into::into),
+    );
+    flags
+}
+
 /// The `lacoot` binary built for these tests.
 pub fn lacoot() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("lacoot").unwrap()
