@@ -179,7 +179,7 @@ pub fn is_host(device: &Device) -> bool {
             DispatchDevice::Autodiff(autodiff) => host(&autodiff.clone().inner()),
             #[allow(
                 unreachable_patterns,
-                reason = "the only variant left without a GPU feature"
+                reason = "unreachable in a build without a GPU feature"
             )]
             _ => false,
         }
