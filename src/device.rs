@@ -112,8 +112,9 @@ static SELECTED: RwLock<Option<(Device, String)>> = RwLock::new(None);
 static HOST_READS: AtomicU64 = AtomicU64::new(0);
 
 /// The values of `tensor` on the host, as f64: a device-to-host transfer, which waits for the work
-/// queued on the device (a synchronisation). The training and evaluation loops read through here
-/// only, once per step and once per evaluation, and [`host_reads`] counts it.
+/// queued on the device (a synchronisation). The training and evaluation loops (once per step and
+/// once per evaluation) and the distances' reported numbers read through here, and [`host_reads`]
+/// counts every read.
 pub fn read_to_host(tensor: Tensor<1>) -> Result<Vec<f64>, DeviceError> {
     HOST_READS.fetch_add(1, Ordering::Relaxed);
     tensor

@@ -1,6 +1,6 @@
 //! Sliced and max-sliced Wasserstein distances.
 
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 use super::ascent::{Ascent, AscentOutcome, refine_direction};
 use super::coupling::QuantileCoupling;
@@ -68,10 +68,10 @@ pub fn sliced_wasserstein(
 ) -> Result<SlicedDistance, OtError> {
     let coupling = validate(&x, &y, directions, p)?;
     let columns = directions.to_matching(&x.device(), x.dtype());
-    let scales = directions.scales();
+    let row = scale_row(directions, &x.device(), x.dtype());
     let (x_projected, y_projected) = (
-        project_on(x, columns.clone(), scales),
-        project_on(y, columns, scales),
+        scaled(project(x, columns.clone()), row.as_ref()),
+        scaled(project(y, columns), row.as_ref()),
     );
     let costs = costs_along(x_projected, y_projected, &coupling, p);
     let per_direction = finite(host_values(costs.clone())?)?;
@@ -118,17 +118,10 @@ pub fn max_sliced_on_device(
     let (x_plain, y_plain) = (x.clone().inner(), y.clone().inner());
     let device = x_plain.device();
     let columns = directions.to_matching(&device, x.dtype());
-    // The projections on the unit directions, without a graph: the stored columns' products,
-    // each column multiplied by its direction's scale.
-    let scale_row = directions.scales().map(|scales| {
-        Tensor::<1>::from_data(scales, (&device, x.dtype())).reshape([1, scales.len()])
-    });
-    let scaled = |projected: Tensor<2>| match &scale_row {
-        Some(row) => projected * row.clone(),
-        None => projected,
-    };
-    let x_projected = scaled(project(x_plain, columns.clone()));
-    let y_projected = scaled(project(y_plain, columns.clone()));
+    // The projections on the unit directions, without a graph.
+    let row = scale_row(directions, &device, x.dtype());
+    let x_projected = scaled(project(x_plain, columns.clone()), row.as_ref());
+    let y_projected = scaled(project(y_plain, columns.clone()), row.as_ref());
     let (x_order, y_order) = (
         column_order(x_projected.clone()),
         column_order(y_projected.clone()),
@@ -141,7 +134,7 @@ pub fn max_sliced_on_device(
     );
     let argmax = costs.clone().argmax(0);
     let winner = |matrix: Tensor<2>| matrix.select(1, argmax.clone());
-    let direction = match &scale_row {
+    let direction = match &row {
         Some(row) => copy_column(columns, argmax.clone()) * winner(row.clone()),
         None => copy_column(columns, argmax.clone()),
     };
@@ -263,16 +256,19 @@ fn matched_costs(
     cost.reshape([count])
 }
 
-/// `points · columns`, each column of the result multiplied by its entry of `scales` (the factors
-/// that make the stored directions unit vectors).
-fn project_on(points: Tensor<2>, columns: Tensor<2>, scales: Option<&[f64]>) -> Tensor<2> {
-    let projected = project(points, columns);
-    match scales {
+/// The factors that make the stored directions unit vectors, as a `[1, L]` row on `device` to
+/// multiply projections on the stored columns by; `None` when the columns are unit vectors already.
+fn scale_row(directions: &Directions, device: &Device, dtype: DType) -> Option<Tensor<2>> {
+    directions
+        .scales()
+        .map(|scales| Tensor::<1>::from_data(scales, (device, dtype)).reshape([1, scales.len()]))
+}
+
+/// `projected` (`[n, L]`) with each column multiplied by its entry of `row`, if given.
+fn scaled(projected: Tensor<2>, row: Option<&Tensor<2>>) -> Tensor<2> {
+    match row {
+        Some(row) => projected * row.clone(),
         None => projected,
-        Some(scales) => {
-            let row = Tensor::<1>::from_data(scales, (&projected.device(), projected.dtype()));
-            projected * row.reshape([1, scales.len()])
-        }
     }
 }
 
@@ -326,10 +322,7 @@ fn root(cost: f64, p: f64) -> f64 {
 
 /// The tensor's values as f64 on the host.
 pub(crate) fn host_values(tensor: Tensor<1>) -> Result<Vec<f64>, OtError> {
-    tensor
-        .inner()
-        .try_into_vec_as::<f64>()
-        .map_err(|e| OtError::Backend(e.to_string()))
+    crate::device::read_to_host(tensor.inner()).map_err(|e| OtError::Backend(e.to_string()))
 }
 
 /// Checks shapes, element types and `p`; returns the coupling of the two cloud sizes.
