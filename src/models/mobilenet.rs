@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::conv2d;
+use crate::kernels::{batch_norm, conv2d};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -206,7 +206,7 @@ fn conv_norm(
 }
 
 fn conv_norm_forward((conv, norm): &ConvNorm, input: Tensor<4>) -> Tensor<4> {
-    relu6(norm.forward(conv2d(conv, input)))
+    relu6(batch_norm(norm, conv2d(conv, input)))
 }
 
 /// `min(max(x, 0), 6)` as `relu(x) - relu(x - 6)`: exact on [0, 6] and within an ulp above, and
@@ -319,7 +319,7 @@ impl InvertedResidual {
             x = match layer {
                 ResidualLayer::Activated(unit) => conv_norm_forward(unit, x),
                 ResidualLayer::Projection(conv) => conv2d(conv, x),
-                ResidualLayer::Norm(norm) => norm.forward(x),
+                ResidualLayer::Norm(norm) => batch_norm(norm, x),
             };
             if let Some(layer_input) = layer_input {
                 captured = Some((layer_input, x.clone()));

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::conv2d;
+use crate::kernels::{batch_norm, conv2d};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -174,10 +174,10 @@ impl BasicBlock {
     }
 
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(conv2d(&self.conv1, input.clone())));
-        let out = self.bn2.forward(conv2d(&self.conv2, out));
+        let out = relu(batch_norm(&self.bn1, conv2d(&self.conv1, input.clone())));
+        let out = batch_norm(&self.bn2, conv2d(&self.conv2, out));
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward(conv2d(conv, input)),
+            Some((conv, bn)) => batch_norm(bn, conv2d(conv, input)),
             None => input,
         };
         relu(out + shortcut)
@@ -285,7 +285,7 @@ impl BlockNetwork for ResNet {
         input: Tensor<4>,
         capture: &BTreeSet<String>,
     ) -> (Tensor<2>, Vec<BlockFeatures>) {
-        let mut x = relu(self.bn1.forward(conv2d(&self.conv1, input)));
+        let mut x = relu(batch_norm(&self.bn1, conv2d(&self.conv1, input)));
         x = self.maxpool.forward(x);
         let mut captured = Vec::new();
         for (name, block) in self.named_blocks() {

@@ -1,0 +1,158 @@
+//! Where a ResNet-18 training step spends its BatchNorm time: every batch normalisation of the
+//! paper's CIFAR ResNet-18 (width 64, batch 128, 3x32x32 input, max-pool kept), forward and
+//! backward with the batch's statistics, and the eval-mode forward, timed alone:
+//!
+//! - burn: `batch_norm_train`, `batch_norm_train_backward` and `batch_norm` of burn's `ModuleOps`,
+//!   which `flex` runs as generic tensor ops;
+//! - lacoot: `lacoot::kernels::batch_norm` (two fused passes each way).
+//!
+//! Each pass is the median of 7 runs after one warm-up, multiplied by how often the network has
+//! that shape. `bench/torch_batch_norm.py` times the same passes in PyTorch with the same table.
+//!
+//! `cargo bench --bench batch_norm` prints a Markdown table and one JSON line per implementation.
+
+/// The allocator and setting the `lacoot` binary uses (see `lacoot::memory`).
+#[global_allocator]
+static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
+
+use std::time::Instant;
+
+use burn::backend::Dispatch;
+use burn::backend::ops::ModuleOps;
+use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::{Distribution, Tensor};
+use lacoot::device::default_device;
+use lacoot::kernels::batch_norm::{NormOps, normalize_batch, normalize_batch_backward};
+
+const BATCH: usize = 128;
+const REPEATS: usize = 7;
+const EPSILON: f64 = 1e-5;
+
+/// The normalised activations of the CIFAR ResNet-18: (name, channels, size, count).
+const SHAPES: [(&str, usize, usize, usize); 5] = [
+    ("stem 64 @32", 64, 32, 1),
+    ("layer1 64 @16", 64, 16, 4),
+    ("layer2 128 @8", 128, 8, 5),
+    ("layer3 256 @4", 256, 4, 5),
+    ("layer4 512 @2", 512, 2, 5),
+];
+
+fn median_ms(mut run: impl FnMut()) -> f64 {
+    run();
+    let mut times: Vec<f64> = (0..REPEATS)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[REPEATS / 2]
+}
+
+/// Forward (training), backward and eval forward of one shape: burn's ops, then lacoot's.
+fn time_shape(channels: usize, size: usize, device: &burn::tensor::Device) -> [[f64; 3]; 2] {
+    let shape = [BATCH, channels, size, size];
+    let x = Tensor::<4>::random(shape, Distribution::Normal(0.5, 2.0), device);
+    let output_grad = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.1), device);
+    let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.1), device);
+    let train = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON);
+    let (mean, variance) = (train.mean, train.variance);
+    let burn = [
+        median_ms(|| {
+            std::hint::black_box(batch_norm_train(
+                x.clone(),
+                gamma.clone(),
+                beta.clone(),
+                EPSILON,
+            ));
+        }),
+        median_ms(|| {
+            std::hint::black_box(
+                <Dispatch as ModuleOps<Dispatch>>::batch_norm_train_backward(
+                    x.clone().into_dispatch(),
+                    gamma.clone().into_dispatch(),
+                    mean.clone().into_dispatch(),
+                    variance.clone().into_dispatch(),
+                    EPSILON,
+                    output_grad.clone().into_dispatch(),
+                ),
+            );
+        }),
+        median_ms(|| {
+            std::hint::black_box(batch_norm(
+                x.clone(),
+                gamma.clone(),
+                beta.clone(),
+                mean.clone(),
+                variance.clone(),
+                EPSILON,
+            ));
+        }),
+    ];
+    let lacoot = [
+        median_ms(|| {
+            std::hint::black_box(normalize_batch(
+                x.clone(),
+                gamma.clone(),
+                beta.clone(),
+                EPSILON,
+            ));
+        }),
+        median_ms(|| {
+            std::hint::black_box(normalize_batch_backward(
+                x.clone(),
+                gamma.clone(),
+                [mean.clone(), variance.clone()],
+                EPSILON,
+                output_grad.clone(),
+            ));
+        }),
+        median_ms(|| {
+            std::hint::black_box(<Dispatch as NormOps>::normalize_with_statistics(
+                x.clone().into_dispatch(),
+                gamma.clone().into_dispatch(),
+                beta.clone().into_dispatch(),
+                mean.clone().into_dispatch(),
+                variance.clone().into_dispatch(),
+                EPSILON,
+            ));
+        }),
+    ];
+    [burn, lacoot]
+}
+
+fn main() {
+    lacoot::memory::keep_freed_memory();
+    let device = default_device();
+    let threads = rayon::current_num_threads();
+    println!(
+        "ResNet-18 (CIFAR) batch norms, batch {BATCH}, {threads} threads: burn flex / lacoot, ms"
+    );
+    println!("| shape | count | train forward | backward | eval forward |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut totals = [[0.0f64; 3]; 2];
+    for (name, channels, size, count) in SHAPES {
+        let times = time_shape(channels, size, &device);
+        let cells: Vec<String> = (0..3)
+            .map(|pass| format!("{:.2} / {:.2}", times[0][pass], times[1][pass]))
+            .collect();
+        println!("| {name} | {count} | {} |", cells.join(" | "));
+        for (total, time) in totals.iter_mut().zip(&times) {
+            for pass in 0..3 {
+                total[pass] += time[pass] * count as f64;
+            }
+        }
+    }
+    let cells: Vec<String> = (0..3)
+        .map(|pass| format!("**{:.1} / {:.1}**", totals[0][pass], totals[1][pass]))
+        .collect();
+    println!("| **network** | | {} |", cells.join(" | "));
+    for (implementation, total) in ["burn", "lacoot"].iter().zip(&totals) {
+        println!(
+            "{{\"implementation\":\"{implementation}\",\"threads\":{threads},\"train_forward_ms\":{:.3},\"backward_ms\":{:.3},\"eval_forward_ms\":{:.3}}}",
+            total[0], total[1], total[2]
+        );
+    }
+}

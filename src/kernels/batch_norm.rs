@@ -1,0 +1,822 @@
+//! Batch normalisation over `[batch, channels, ...]` in two passes over the activation.
+//!
+//! burn 0.22 builds `batch_norm_train` (and its backward, and eval-mode `batch_norm`) out of
+//! generic tensor ops: on `flex` that is a transposed copy of the activation for each reduction
+//! and one full pass, with a fresh allocation, per subtraction, product, division and sum (about
+//! ten passes forward and a dozen backward, per normalisation, several times per block). Here each
+//! direction is two passes, both parallel:
+//!
+//! - forward: per channel, the sums of `x − x₀` and `(x − x₀)²` (shifted by the channel's first
+//!   value, accumulated in f64 lanes), hence mean and biased variance; then `y = x·s + t` with the
+//!   per-channel `s = γ/√(var + ε)` and `t = β − mean·s`;
+//! - backward: per channel, `Σ dy` (β's gradient) and `Σ dy·(x − mean)` (γ's, times `1/√(var + ε)`);
+//!   then `dx = a·dy + b·x + c` with per-channel constants that fold the mean terms of the
+//!   textbook formula `dx = γ/σ · (dy − mean(dy) − x̂·mean(dy·x̂))`;
+//! - eval mode: `y = x·s + t` in one pass.
+//!
+//! Each channel's sums run on one thread in a fixed order, so results do not depend on the thread
+//! count. Other element types fall back to burn's ops. Benchmark: `cargo bench --bench
+//! batch_norm` (BENCHMARKS.md, "BatchNorm").
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::nn::BatchNorm;
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Accumulator lanes: independent partial sums the compiler keeps in one vector register.
+const LANES: usize = 8;
+/// Values per parallel task in the element-wise pass.
+const PARALLEL_GRAIN: usize = 1 << 14;
+
+/// Batch normalisation with lacoot's kernels where they are faster, implemented per backend.
+#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
+pub trait NormOps: Backend {
+    /// Normalises `x` (`[batch, channels, ...]`) with the statistics of the batch itself and
+    /// returns the output, the per-channel mean and the biased variance.
+    fn normalize_batch(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let result = <Self as ModuleOps<Self>>::batch_norm_train(x, gamma, beta, epsilon);
+        (result.output, result.mean, result.variance)
+    }
+
+    /// The gradients of [`NormOps::normalize_batch`] with respect to `x`, `gamma` and `beta`,
+    /// given the statistics it returned and the gradient of its output.
+    fn normalize_batch_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let result = <Self as ModuleOps<Self>>::batch_norm_train_backward(
+            x,
+            gamma,
+            mean,
+            variance,
+            epsilon,
+            output_grad,
+        );
+        (result.x_grad, result.gamma_grad, result.beta_grad)
+    }
+
+    /// Normalises `x` with given statistics (eval mode): `(x − mean)/√(variance + ε)·γ + β`.
+    fn normalize_with_statistics(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon)
+    }
+}
+
+/// `bn.forward(input)`, through lacoot's kernels: the same training/eval choice as burn's
+/// `BatchNorm::forward` (batch statistics on an autodiff device while the layer trains, running
+/// statistics otherwise) and the same update of the running statistics.
+pub fn batch_norm<const D: usize>(bn: &BatchNorm, input: Tensor<D>) -> Tensor<D> {
+    let device = input.device();
+    if !(device.is_autodiff() && bn.training.is_enabled()) {
+        let mean = bn.running_mean.value().to_device(&device);
+        let variance = bn.running_var.value().to_device(&device);
+        return Tensor::from_dispatch(<Dispatch as NormOps>::normalize_with_statistics(
+            input.into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            mean.into_dispatch(),
+            variance.into_dispatch(),
+            bn.epsilon,
+        ));
+    }
+    let (output, mean, variance) = <Dispatch as NormOps>::normalize_batch(
+        input.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        bn.epsilon,
+    );
+    let (mean, variance) = (
+        Tensor::<1>::from_dispatch(mean).detach(),
+        Tensor::<1>::from_dispatch(variance).detach(),
+    );
+    let momentum = bn.momentum;
+    let running = |state: Tensor<1>, batch: Tensor<1>| {
+        state
+            .to_device(&device)
+            .mul_scalar(1.0 - momentum)
+            .add(batch.mul_scalar(momentum))
+            .detach()
+    };
+    bn.running_mean
+        .update(running(bn.running_mean.value_sync(), mean));
+    bn.running_var
+        .update(running(bn.running_var.value_sync(), variance));
+    Tensor::from_dispatch(output)
+}
+
+/// [`NormOps::normalize_batch`] on tensors: the output, the batch mean and the biased variance.
+pub fn normalize_batch<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    let (output, mean, variance) = <Dispatch as NormOps>::normalize_batch(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    );
+    (
+        Tensor::from_dispatch(output),
+        Tensor::from_dispatch(mean),
+        Tensor::from_dispatch(variance),
+    )
+}
+
+/// [`NormOps::normalize_batch_backward`] on tensors: the gradients for `x`, `gamma` and `beta`.
+pub fn normalize_batch_backward<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    [mean, variance]: [Tensor<1>; 2],
+    epsilon: f64,
+    output_grad: Tensor<D>,
+) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    let (x_grad, gamma_grad, beta_grad) = <Dispatch as NormOps>::normalize_batch_backward(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        mean.into_dispatch(),
+        variance.into_dispatch(),
+        epsilon,
+        output_grad.into_dispatch(),
+    );
+    (
+        Tensor::from_dispatch(x_grad),
+        Tensor::from_dispatch(gamma_grad),
+        Tensor::from_dispatch(beta_grad),
+    )
+}
+
+/// Element types the kernels run on.
+trait Element:
+    burn::tensor::Element + bytemuck::Pod + std::ops::Mul<Output = Self> + std::ops::Add<Output = Self>
+{
+    fn to_f64(self) -> f64;
+    fn from_f64(value: f64) -> Self;
+}
+
+impl Element for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f64(value: f64) -> Self {
+        value as f32
+    }
+}
+
+impl Element for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(value: f64) -> Self {
+        value
+    }
+}
+
+/// `[batch, channels, positions]` of an activation of rank ≥ 2.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    batch: usize,
+    channels: usize,
+    positions: usize,
+}
+
+impl Layout {
+    fn of(shape: &[usize]) -> Option<Self> {
+        let (&batch, rest) = shape.split_first()?;
+        let (&channels, rest) = rest.split_first()?;
+        Some(Self {
+            batch,
+            channels,
+            positions: rest.iter().product(),
+        })
+    }
+
+    /// Values per channel.
+    fn count(&self) -> usize {
+        self.batch * self.positions
+    }
+
+    /// The planes of `channel` in `values`, image after image.
+    fn planes<'a, T>(&self, values: &'a [T], channel: usize) -> impl Iterator<Item = &'a [T]> {
+        (0..self.batch).map(move |image| {
+            &values[(image * self.channels + channel) * self.positions..][..self.positions]
+        })
+    }
+}
+
+/// `Σ f(a[i], b[i])` over paired slices, in f64 lanes.
+fn lane_sum<T: Element>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            lanes[lane] += f(a[lane].to_f64(), b[lane].to_f64());
+        }
+    }
+    let tail: f64 = a_tail
+        .iter()
+        .zip(b_tail)
+        .map(|(&a, &b)| f(a.to_f64(), b.to_f64()))
+        .sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// Per-channel mean and biased variance of `x`.
+fn statistics<T: Element>(layout: Layout, x: &[T]) -> Vec<(f64, f64)> {
+    let count = layout.count() as f64;
+    (0..layout.channels)
+        .into_par_iter()
+        .map(|channel| {
+            let Some(shift) = layout.planes(x, channel).flatten().next() else {
+                return (0.0, 0.0);
+            };
+            let shift = shift.to_f64();
+            let (mut sum, mut squares) = (0.0, 0.0);
+            for plane in layout.planes(x, channel) {
+                sum += lane_sum(plane, plane, |v, _| v - shift);
+                squares += lane_sum(plane, plane, |v, _| (v - shift) * (v - shift));
+            }
+            let centred_mean = sum / count;
+            let variance = (squares / count - centred_mean * centred_mean).max(0.0);
+            (shift + centred_mean, variance)
+        })
+        .collect()
+}
+
+/// `out = x·a + y·b + c` plane by plane, with `(a, b, c)` per channel (`y` is ignored where
+/// every `b` is zero).
+fn affine_planes<T: Element>(layout: Layout, x: &[T], y: &[T], per_channel: &[[f64; 3]]) -> Vec<T> {
+    let positions = layout.positions.max(1);
+    // Whole planes per parallel task, so that small planes (2x2 in a ResNet's last stage) do not
+    // make one task each.
+    let planes_per_task = (PARALLEL_GRAIN / positions).max(1);
+    let mut out = vec![T::from_f64(0.0); x.len()];
+    out.par_chunks_mut(planes_per_task * positions)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (index, out) in out.chunks_mut(positions).enumerate() {
+                let plane = task * planes_per_task + index;
+                let constants = per_channel[plane % layout.channels];
+                let [a, b, c] = constants.map(T::from_f64);
+                let start = plane * positions;
+                let x = &x[start..][..out.len()];
+                if constants[1] == 0.0 {
+                    for (out, &x) in out.iter_mut().zip(x) {
+                        *out = x * a + c;
+                    }
+                } else {
+                    let y = &y[start..][..out.len()];
+                    for ((out, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                        *out = x * a + y * b + c;
+                    }
+                }
+            }
+        });
+    out
+}
+
+fn host_values<T: Element>(tensor: &FlexTensor) -> Vec<f64> {
+    tensor
+        .to_contiguous()
+        .as_slice::<T>()
+        .expect("checked element type")
+        .iter()
+        .map(|&v| v.to_f64())
+        .collect()
+}
+
+fn host_tensor<T: Element>(values: Vec<T>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+fn host_channel_tensor<T: Element>(values: impl Iterator<Item = f64>) -> FlexTensor {
+    let values: Vec<T> = values.map(T::from_f64).collect();
+    let len = values.len();
+    host_tensor(values, &[len])
+}
+
+fn host_normalize_batch<T: Element>(
+    layout: Layout,
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let x = x.to_contiguous();
+    let values = x.as_slice::<T>().expect("checked element type");
+    let stats = statistics(layout, values);
+    let (gamma, beta) = (host_values::<T>(gamma), host_values::<T>(beta));
+    let per_channel: Vec<[f64; 3]> = stats
+        .iter()
+        .zip(gamma.iter().zip(&beta))
+        .map(|(&(mean, variance), (&gamma, &beta))| {
+            let scale = gamma / (variance + epsilon).sqrt();
+            [scale, 0.0, beta - mean * scale]
+        })
+        .collect();
+    let output = affine_planes(layout, values, values, &per_channel);
+    (
+        host_tensor(output, x.shape().as_slice()),
+        host_channel_tensor::<T>(stats.iter().map(|s| s.0)),
+        host_channel_tensor::<T>(stats.iter().map(|s| s.1)),
+    )
+}
+
+fn host_normalize_batch_backward<T: Element>(
+    layout: Layout,
+    x: &FlexTensor,
+    [gamma, mean, variance]: [&FlexTensor; 3],
+    epsilon: f64,
+    output_grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
+    let (x_values, dy_values) = (
+        x.as_slice::<T>().expect("checked element type"),
+        dy.as_slice::<T>().expect("checked element type"),
+    );
+    let (gamma, mean, variance) = (
+        host_values::<T>(gamma),
+        host_values::<T>(mean),
+        host_values::<T>(variance),
+    );
+    let sums: Vec<[f64; 2]> = (0..layout.channels)
+        .into_par_iter()
+        .map(|channel| {
+            let mean = mean[channel];
+            layout
+                .planes(dy_values, channel)
+                .zip(layout.planes(x_values, channel))
+                .fold([0.0, 0.0], |[dy_sum, dyx_sum], (dy, x)| {
+                    [
+                        dy_sum + lane_sum(dy, dy, |dy, _| dy),
+                        dyx_sum + lane_sum(dy, x, |dy, x| dy * (x - mean)),
+                    ]
+                })
+        })
+        .collect();
+    let count = layout.count() as f64;
+    let mut gamma_grad = Vec::with_capacity(layout.channels);
+    let mut beta_grad = Vec::with_capacity(layout.channels);
+    let per_channel: Vec<[f64; 3]> = (0..layout.channels)
+        .map(|channel| {
+            let inv_std = 1.0 / (variance[channel] + epsilon).sqrt();
+            let [dy_sum, dyx_sum] = sums[channel];
+            gamma_grad.push(dyx_sum * inv_std);
+            beta_grad.push(dy_sum);
+            // dx = k·(dy − Σdy/N − (x − mean)·inv_std²·Σdy(x − mean)/N), with k = γ·inv_std.
+            let k = gamma[channel] * inv_std;
+            let slope = k * inv_std * inv_std * dyx_sum / count;
+            [k, -slope, slope * mean[channel] - k * dy_sum / count]
+        })
+        .collect();
+    // `affine_planes` computes `dy·a + x·b + c`.
+    let x_grad = affine_planes(layout, dy_values, x_values, &per_channel);
+    (
+        host_tensor(x_grad, x.shape().as_slice()),
+        host_channel_tensor::<T>(gamma_grad.into_iter()),
+        host_channel_tensor::<T>(beta_grad.into_iter()),
+    )
+}
+
+fn host_normalize_with_statistics<T: Element>(
+    layout: Layout,
+    x: &FlexTensor,
+    [gamma, beta, mean, variance]: [&FlexTensor; 4],
+    epsilon: f64,
+) -> FlexTensor {
+    let x = x.to_contiguous();
+    let values = x.as_slice::<T>().expect("checked element type");
+    let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(host_values::<T>);
+    let per_channel: Vec<[f64; 3]> = (0..layout.channels)
+        .map(|c| {
+            let scale = gamma[c] / (variance[c] + epsilon).sqrt();
+            [scale, 0.0, beta[c] - mean[c] * scale]
+        })
+        .collect();
+    host_tensor(
+        affine_planes(layout, values, values, &per_channel),
+        x.shape().as_slice(),
+    )
+}
+
+/// The layout of `x` when every tensor has `x`'s element type (f32 or f64), `x` has at least one
+/// value and each per-channel tensor has one value per channel; `None` sends the call to burn.
+fn host_layout(x: &FlexTensor, per_channel: &[&FlexTensor]) -> Option<(Layout, DType)> {
+    let layout = Layout::of(x.shape().as_slice())?;
+    let dtype = x.dtype();
+    let supported = matches!(dtype, DType::F32 | DType::F64)
+        && layout.count() > 0
+        && per_channel
+            .iter()
+            .all(|t| t.dtype() == dtype && t.shape().as_slice() == [layout.channels]);
+    supported.then_some((layout, dtype))
+}
+
+/// burn's own ops on the cubecl backends (wgpu, cuda).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl NormOps for burn::backend::Cube {}
+
+impl NormOps for Flex {
+    fn normalize_batch(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        match host_layout(&x, &[&gamma, &beta]) {
+            Some((layout, DType::F32)) => {
+                host_normalize_batch::<f32>(layout, &x, &gamma, &beta, epsilon)
+            }
+            Some((layout, _)) => host_normalize_batch::<f64>(layout, &x, &gamma, &beta, epsilon),
+            None => {
+                let result = Flex::batch_norm_train(x, gamma, beta, epsilon);
+                (result.output, result.mean, result.variance)
+            }
+        }
+    }
+
+    fn normalize_batch_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        output_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let same_shape = output_grad.shape() == x.shape() && output_grad.dtype() == x.dtype();
+        let stats = [&gamma, &mean, &variance];
+        match host_layout(&x, &stats).filter(|_| same_shape) {
+            Some((layout, DType::F32)) => {
+                host_normalize_batch_backward::<f32>(layout, &x, stats, epsilon, &output_grad)
+            }
+            Some((layout, _)) => {
+                host_normalize_batch_backward::<f64>(layout, &x, stats, epsilon, &output_grad)
+            }
+            None => {
+                let result =
+                    Flex::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad);
+                (result.x_grad, result.gamma_grad, result.beta_grad)
+            }
+        }
+    }
+
+    fn normalize_with_statistics(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let stats = [&gamma, &beta, &mean, &variance];
+        match host_layout(&x, &stats) {
+            Some((layout, DType::F32)) => {
+                host_normalize_with_statistics::<f32>(layout, &x, stats, epsilon)
+            }
+            Some((layout, _)) => host_normalize_with_statistics::<f64>(layout, &x, stats, epsilon),
+            None => Flex::batch_norm(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+}
+
+/// The backward pass of [`NormOps::normalize_batch`].
+#[derive(Debug)]
+struct NormalizeBatchBackward;
+
+impl<B: Backend + NormOps> Backward<B, 3> for NormalizeBatchBackward {
+    /// The input, γ, the batch mean and variance, and ε.
+    type State = (
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        f64,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, mean, variance, epsilon) = ops.state;
+        let (x_grad, gamma_grad, beta_grad) =
+            B::normalize_batch_backward(x, gamma, mean, variance, epsilon, output_grad);
+        for (node, grad) in [
+            (x_node, x_grad),
+            (gamma_node, gamma_grad),
+            (beta_node, beta_grad),
+        ] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: Backend + NormOps, C: CheckpointStrategy> NormOps for Autodiff<B, C> {
+    fn normalize_batch(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let prepared = NormalizeBatchBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (x, gamma, beta) = (
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+        );
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let (output, mean, variance) =
+                    B::normalize_batch(x.clone(), gamma.clone(), beta, epsilon);
+                let state = (x, gamma, mean.clone(), variance.clone(), epsilon);
+                (
+                    prep.finish(state, output),
+                    <FloatTensor<Self>>::new(mean),
+                    <FloatTensor<Self>>::new(variance),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                let (output, mean, variance) = B::normalize_batch(x, gamma, beta, epsilon);
+                (
+                    prep.finish(output),
+                    <FloatTensor<Self>>::new(mean),
+                    <FloatTensor<Self>>::new(variance),
+                )
+            }
+        }
+    }
+
+    /// burn's op on the autodiff backend, which records the gradients of eval-mode normalisation
+    /// (of a frozen layer in a network that trains).
+    fn normalize_with_statistics(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Device, Distribution, Tolerance};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::device::{autodiff_device, default_device};
+
+    const TOLERANCE: f32 = 1e-4;
+
+    fn assert_close(ours: TensorData, theirs: TensorData, what: &str) {
+        assert_eq!(ours.shape(), theirs.shape(), "{what}");
+        let tolerance = Tolerance::absolute(TOLERANCE).set_relative(TOLERANCE);
+        ours.assert_approx_eq::<f32>(&theirs, tolerance);
+    }
+
+    /// A batch norm over `channels` with non-trivial γ, β and running statistics.
+    fn layer(channels: usize, device: &Device) -> BatchNorm {
+        let mut bn = BatchNormConfig::new(channels).init(device);
+        let ramp = |scale: f32, offset: f32| {
+            let values: Vec<f32> = (0..channels).map(|c| offset + scale * c as f32).collect();
+            Tensor::<1>::from_data(TensorData::new(values, [channels]), device)
+        };
+        bn.gamma = burn::module::Param::from_tensor(ramp(0.25, 0.5));
+        bn.beta = burn::module::Param::from_tensor(ramp(-0.5, 0.3));
+        bn.running_mean = burn::module::RunningState::new(ramp(0.1, -0.2));
+        bn.running_var = burn::module::RunningState::new(ramp(0.3, 0.7));
+        bn
+    }
+
+    /// Output, the gradients of `sum(output · probe)` for the input, γ and β, and the running
+    /// statistics afterwards, of one training-mode forward of `run`.
+    fn train_pass(
+        run: impl Fn(&BatchNorm, Tensor<4>) -> Tensor<4>,
+        bn: BatchNorm,
+        x: &Tensor<4>,
+        probe: &Tensor<4>,
+    ) -> [TensorData; 6] {
+        let x = x.clone().require_grad();
+        let output = run(&bn, x.clone());
+        let grads = (output.clone() * probe.clone()).sum().backward();
+        [
+            output.into_data(),
+            x.grad(&grads).expect("input gradient").into_data(),
+            bn.gamma.grad(&grads).expect("gamma gradient").into_data(),
+            bn.beta.grad(&grads).expect("beta gradient").into_data(),
+            bn.running_mean.value_sync().into_data(),
+            bn.running_var.value_sync().into_data(),
+        ]
+    }
+
+    fn check_training_against_burn(shape: [usize; 4], offset: f64, seed: u64) {
+        let device = autodiff_device();
+        device.seed(seed);
+        let x = Tensor::<4>::random(shape, Distribution::Normal(offset, 2.0), &device);
+        let probe = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        // Two separate layers: clones of a layer share their running statistics.
+        let ours = train_pass(batch_norm, layer(shape[1], &device), &x, &probe);
+        let theirs = train_pass(|bn, x| bn.forward(x), layer(shape[1], &device), &x, &probe);
+        let names = [
+            "output",
+            "dx",
+            "dgamma",
+            "dbeta",
+            "running mean",
+            "running var",
+        ];
+        for ((ours, theirs), name) in ours.into_iter().zip(theirs).zip(names) {
+            assert_close(ours, theirs, name);
+        }
+    }
+
+    #[test]
+    fn training_matches_burn_on_network_shapes() {
+        check_training_against_burn([8, 16, 8, 8], 0.0, 1);
+        // A large mean against a small spread: the shifted sums keep the variance exact.
+        check_training_against_burn([4, 3, 5, 7], 300.0, 2);
+        // One value per channel: zero variance.
+        check_training_against_burn([1, 4, 1, 1], 1.0, 3);
+    }
+
+    #[test]
+    fn eval_matches_burn_and_trains_nothing() {
+        let device = default_device();
+        device.seed(4);
+        let x = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(1.0, 3.0), &device);
+        let bn = layer(5, &device);
+        assert_close(
+            batch_norm(&bn, x.clone()).into_data(),
+            bn.forward(x).into_data(),
+            "eval output",
+        );
+        // A frozen layer on an autodiff device uses its running statistics, as burn's does.
+        let device = autodiff_device();
+        let x = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(1.0, 3.0), &device);
+        let frozen = layer(5, &device).no_grad();
+        let frozen = BatchNorm {
+            training: burn::module::Param::from_bool(false),
+            ..frozen
+        };
+        let before = frozen.running_mean.value_sync().into_data();
+        assert_close(
+            batch_norm(&frozen, x.clone()).into_data(),
+            frozen.forward(x).into_data(),
+            "frozen output",
+        );
+        assert_close(
+            frozen.running_mean.value_sync().into_data(),
+            before,
+            "running mean",
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn training_matches_burn_on_random_shapes(
+            batch in 1usize..5,
+            channels in 1usize..6,
+            height in 1usize..7,
+            width in 1usize..11,
+            offset in -5.0f64..5.0,
+            seed in 0u64..1000,
+        ) {
+            check_training_against_burn([batch, channels, height, width], offset, seed);
+        }
+    }
+
+    fn f64_tensor(values: &[f64], shape: &[usize]) -> FlexTensor {
+        host_tensor(values.to_vec(), shape)
+    }
+
+    fn f64_values(tensor: &FlexTensor) -> Vec<f64> {
+        host_values::<f64>(tensor)
+    }
+
+    /// Smooth, deterministic values.
+    fn wave(len: usize, phase: f64) -> Vec<f64> {
+        (0..len)
+            .map(|i| ((i as f64 + phase) * 0.731).sin() * 1.5 + 0.2)
+            .collect()
+    }
+
+    /// Central differences of `sum(normalize_batch(x) · probe)` in f64 against the kernel's
+    /// gradients for the input, γ and β.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let shape = [3, 2, 2, 3];
+        let layout = Layout::of(&shape).unwrap();
+        let (x, probe) = (wave(36, 0.3), wave(36, 7.1));
+        let (gamma, beta) = (vec![0.7, -1.3], vec![0.4, 0.1]);
+        let epsilon = 1e-5;
+        let objective = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
+            let (output, _, _) = host_normalize_batch::<f64>(
+                layout,
+                &f64_tensor(x, &shape),
+                &f64_tensor(gamma, &[2]),
+                &f64_tensor(beta, &[2]),
+                epsilon,
+            );
+            f64_values(&output)
+                .iter()
+                .zip(&probe)
+                .map(|(o, p)| o * p)
+                .sum()
+        };
+        let (_, mean, variance) = host_normalize_batch::<f64>(
+            layout,
+            &f64_tensor(&x, &shape),
+            &f64_tensor(&gamma, &[2]),
+            &f64_tensor(&beta, &[2]),
+            epsilon,
+        );
+        let (dx, dgamma, dbeta) = host_normalize_batch_backward::<f64>(
+            layout,
+            &f64_tensor(&x, &shape),
+            [&f64_tensor(&gamma, &[2]), &mean, &variance],
+            epsilon,
+            &f64_tensor(&probe, &shape),
+        );
+        let step = 1e-6;
+        let numeric = |which: usize, index: usize| {
+            let mut operands = [x.clone(), gamma.clone(), beta.clone()];
+            operands[which][index] += step;
+            let plus = objective(&operands[0], &operands[1], &operands[2]);
+            operands[which][index] -= 2.0 * step;
+            let minus = objective(&operands[0], &operands[1], &operands[2]);
+            (plus - minus) / (2.0 * step)
+        };
+        for (which, grad) in [dx, dgamma, dbeta].iter().map(f64_values).enumerate() {
+            for (index, &analytic) in grad.iter().enumerate() {
+                let numeric = numeric(which, index);
+                assert!(
+                    (numeric - analytic).abs() < 1e-6,
+                    "operand {which}, {index}: {numeric} vs {analytic}"
+                );
+            }
+        }
+    }
+
+    /// The same values bit for bit on one thread and on four.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let shape = [16, 8, 12, 12];
+        let layout = Layout::of(&shape).unwrap();
+        let len = shape.iter().product();
+        let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<_>>();
+        let (x, dy) = (to_f32(wave(len, 0.5)), to_f32(wave(len, 3.3)));
+        let channel = |v: f32| host_tensor(vec![v; 8], &[8]);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let x = host_tensor(x.clone(), &shape);
+                let (output, mean, variance) =
+                    host_normalize_batch::<f32>(layout, &x, &channel(1.5), &channel(0.5), 1e-5);
+                let (dx, dgamma, dbeta) = host_normalize_batch_backward::<f32>(
+                    layout,
+                    &x,
+                    [&channel(1.5), &mean, &variance],
+                    1e-5,
+                    &host_tensor(dy.clone(), &shape),
+                );
+                [output, mean, variance, dx, dgamma, dbeta].map(|t| host_values::<f32>(&t))
+            })
+        };
+        assert!(run(1) == run(4));
+    }
+}
