@@ -14,8 +14,17 @@
 //! - backward to the input: `dcol[K, n] = Wᵀ · dy[Co, n]`, then col2im adds each patch back;
 //! - backward to the weights: `dW[Co, K] += dy[Co, n] · colᵀ`, accumulated chunk after chunk.
 //!
+//! That suits small output planes (2x2 to 4x4 in a CIFAR ResNet's last stages), where one image
+//! gives too few columns for an efficient product. Planes of at least 64 positions (the 8x8 to
+//! 32x32 layers) are multiplied image by image instead, images in parallel on one thread each: the
+//! product lands straight in the NCHW output, the output gradient of an image is already its
+//! `[Co, positions]` matrix (nothing gathered), its input gradient stays in its own planes, and
+//! the weight gradient is summed per group of images (16 groups) and then over the groups in
+//! order. Per call, that replaces several short parallel passes (im2col, product, copy) by one.
+//!
 //! Every output element is summed in a fixed order whatever the thread count (the products split
-//! rows and columns among threads, never the shared dimension), so training stays reproducible.
+//! rows and columns among threads, never the shared dimension; the image groups do not depend on
+//! it), so training stays reproducible.
 //! Other element types, groups and dilations go to burn's own ops. Benchmark: `cargo bench --bench
 //! conv_layers` against `bench/torch_conv_layers.py` (BENCHMARKS.md, "Convolutions").
 
@@ -36,6 +45,11 @@ use rayon::prelude::*;
 /// Elements of one chunk's patch matrix: 4 MB of f32, so that a chunk's operands stay in the
 /// outer caches while its product runs.
 const CHUNK_ELEMENTS: usize = 1 << 20;
+/// Output planes of at least this many positions are multiplied image by image (in parallel
+/// over the images), straight into the output; smaller ones as one product per chunk.
+const DIRECT_POSITIONS: usize = 64;
+/// Groups of images the image-by-image backward pass runs in parallel, whatever the thread count.
+const IMAGE_GROUPS: usize = 16;
 /// Products below this many multiply-adds run on one thread.
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
@@ -241,7 +255,24 @@ unsafe fn product<T: Element>(
     lhs: (*const T, isize, isize),
     rhs: (*const T, isize, isize),
 ) {
-    let parallelism = if m * n * k >= PARALLEL_MACS {
+    let parallel = m * n * k >= PARALLEL_MACS;
+    // SAFETY: forwarded from the caller.
+    unsafe { product_with(parallel, [m, n, k], dst, accumulate, lhs, rhs) }
+}
+
+/// [`product`] on all threads when `parallel`, on the calling thread otherwise.
+///
+/// # Safety
+/// As for [`product`].
+unsafe fn product_with<T: Element>(
+    parallel: bool,
+    [m, n, k]: [usize; 3],
+    dst: (*mut T, isize, isize),
+    accumulate: bool,
+    lhs: (*const T, isize, isize),
+    rhs: (*const T, isize, isize),
+) {
+    let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
@@ -314,13 +345,12 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], images: std::ops::Range<usize>) -> 
 }
 
 /// Adds every column of `dcol` (`[C·kh·kw, images·positions]`) back onto the input positions its
-/// patch came from, in `dx`'s planes of the images `images`.
-fn col2im<T: Element>(g: &Geometry, dcol: &[T], dx: &mut [T], images: std::ops::Range<usize>) {
-    let columns = images.len() * g.positions();
+/// patch came from, in `planes`: the input planes of those images, `[images, C, H, W]`.
+fn col2im<T: Element>(g: &Geometry, dcol: &[T], planes: &mut [T]) {
+    let images = planes.len() / (g.channels_in * g.plane_in()).max(1);
+    let columns = images * g.positions();
     let [kh, kw] = g.kernel;
     let out_w = g.size_out[1];
-    let planes_len = images.len() * g.channels_in * g.plane_in();
-    let planes = &mut dx[images.start * g.channels_in * g.plane_in()..][..planes_len];
     planes
         .par_chunks_mut(g.plane_in())
         .enumerate()
@@ -389,6 +419,30 @@ fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
     for images in chunks(g) {
         let columns = images.len() * positions;
         let col = im2col(g, x, images.clone());
+        let planes =
+            &mut out[images.start * g.channels_out * positions..][..columns * g.channels_out];
+        if positions >= DIRECT_POSITIONS {
+            // One product per image, images in parallel, each straight into its `[Co, positions]`
+            // block of the output.
+            planes
+                .par_chunks_mut(g.channels_out * positions)
+                .enumerate()
+                .for_each(|(image_index, block)| {
+                    // SAFETY: `block` is [Co, positions] row-major, `weight` [Co, K], and the
+                    // image's columns of `col` [K, positions] with row stride `columns`.
+                    unsafe {
+                        product_with(
+                            false,
+                            [g.channels_out, positions, k],
+                            (block.as_mut_ptr(), positions as isize, 1),
+                            false,
+                            (weight.as_ptr(), k as isize, 1),
+                            (col[image_index * positions..].as_ptr(), columns as isize, 1),
+                        );
+                    }
+                });
+            continue;
+        }
         let mut product_out = vec![T::default(); g.channels_out * columns];
         // SAFETY: `product_out` is [Co, columns], `weight` [Co, K] and `col` [K, columns], all
         // row-major.
@@ -401,8 +455,6 @@ fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
                 (col.as_ptr(), columns as isize, 1),
             );
         }
-        let planes =
-            &mut out[images.start * g.channels_out * positions..][..columns * g.channels_out];
         planes
             .par_chunks_mut(positions)
             .enumerate()
@@ -424,6 +476,9 @@ fn backward<T: Element>(
     dy: &[T],
     [want_input, want_weight]: [bool; 2],
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    if g.positions() >= DIRECT_POSITIONS {
+        return backward_by_image(g, x, weight, dy, [want_input, want_weight]);
+    }
     let k = g.patch_len();
     let mut dx = want_input.then(|| vec![T::default(); g.batch * g.channels_in * g.plane_in()]);
     let mut dw = want_weight.then(|| vec![T::default(); g.channels_out * k]);
@@ -457,10 +512,112 @@ fn backward<T: Element>(
                     (dy_chunk.as_ptr(), columns as isize, 1),
                 );
             }
-            col2im(g, &dcol, dx, images);
+            let planes_len = images.len() * g.channels_in * g.plane_in();
+            col2im(
+                g,
+                &dcol,
+                &mut dx[images.start * g.channels_in * g.plane_in()..][..planes_len],
+            );
         }
     }
     (dx, dw)
+}
+
+/// [`backward`] for large output planes: image by image, in a fixed number of groups of images
+/// that run in parallel. Each image's output gradient is already a `[Co, positions]` matrix, so
+/// nothing is gathered; its input gradient lands in its own planes; each group accumulates its
+/// own weight gradient, and the groups' sums are added in group order, so the result does not
+/// depend on the thread count.
+fn backward_by_image<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    dy: &[T],
+    [want_input, want_weight]: [bool; 2],
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    let (k, positions) = (g.patch_len(), g.positions());
+    let image_in = g.channels_in * g.plane_in();
+    let image_out = g.channels_out * positions;
+    let mut dx = vec![T::default(); if want_input { g.batch * image_in } else { 0 }];
+    let group_len = g.batch.div_ceil(IMAGE_GROUPS).max(1);
+    let image_in_grad = |dx: &mut [T], image: usize| {
+        let mut dcol = vec![T::default(); k * positions];
+        // SAFETY: `dcol` is [K, positions], `weight` [Co, K] read as its transpose, and the
+        // image's output gradient [Co, positions], all row-major.
+        unsafe {
+            product_with(
+                false,
+                [k, positions, g.channels_out],
+                (dcol.as_mut_ptr(), positions as isize, 1),
+                false,
+                (weight.as_ptr(), 1, k as isize),
+                (dy[image * image_out..].as_ptr(), positions as isize, 1),
+            );
+        }
+        col2im(g, &dcol, dx);
+    };
+    let group_weight_grad = |images: std::ops::Range<usize>| {
+        let mut dw = vec![T::default(); g.channels_out * k];
+        for (index, image) in images.enumerate() {
+            let col = im2col(g, x, image..image + 1);
+            // SAFETY: `dw` is [Co, K], the image's output gradient [Co, positions] and `col`
+            // [K, positions] read as its transpose, all row-major.
+            unsafe {
+                product_with(
+                    false,
+                    [g.channels_out, k, positions],
+                    (dw.as_mut_ptr(), k as isize, 1),
+                    index > 0,
+                    (dy[image * image_out..].as_ptr(), positions as isize, 1),
+                    (col.as_ptr(), 1, positions as isize),
+                );
+            }
+        }
+        dw
+    };
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut((group_len * image_in).max(1))
+        .enumerate()
+        .map(|(group, dx_group)| {
+            let images = group * group_len..((group + 1) * group_len).min(g.batch);
+            if want_input {
+                for (image, planes) in images.clone().zip(dx_group.chunks_mut(image_in)) {
+                    image_in_grad(planes, image);
+                }
+            }
+            if want_weight {
+                group_weight_grad(images)
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let dw = if want_input {
+        want_weight.then(|| sum_in_order(partials, g.channels_out * k))
+    } else if want_weight {
+        let partials: Vec<Vec<T>> = (0..g.batch.div_ceil(group_len))
+            .into_par_iter()
+            .map(|group| {
+                group_weight_grad(group * group_len..((group + 1) * group_len).min(g.batch))
+            })
+            .collect();
+        Some(sum_in_order(partials, g.channels_out * k))
+    } else {
+        None
+    };
+    (want_input.then_some(dx), dw)
+}
+
+/// The element-wise sum of `parts` (zeros of length `len` when there are none), added in their
+/// order.
+fn sum_in_order<T: Element>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut total = vec![T::default(); len];
+    for part in parts {
+        for (total, value) in total.iter_mut().zip(part) {
+            *total += value;
+        }
+    }
+    total
 }
 
 fn host_forward<T: Element>(g: &Geometry, x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
@@ -725,7 +882,14 @@ mod tests {
     /// Central differences of `sum(conv(x, w) · probe)` in f64 against the kernel's gradients.
     #[test]
     fn gradients_match_finite_differences() {
-        let g = dense([2, 3, 5, 4], [4, 3, 3, 2], [2, 1], [1, 1]);
+        // Small output planes (one product per chunk) and large ones (image by image).
+        check_finite_differences(dense([2, 3, 5, 4], [4, 3, 3, 2], [2, 1], [1, 1]));
+        let by_image = dense([3, 2, 9, 8], [2, 2, 3, 3], [1, 1], [1, 1]);
+        assert!(by_image.positions() >= DIRECT_POSITIONS);
+        check_finite_differences(by_image);
+    }
+
+    fn check_finite_differences(g: Geometry) {
         let [x, w, probe] = operands(&g);
         let objective = |x: &[f64], w: &[f64]| -> f64 {
             forward(&g, x, w)
