@@ -308,80 +308,107 @@ unsafe fn product_with<T: Element>(
 /// overhangs the padding.
 fn im2col<T: Element>(g: &Geometry, x: &[T], images: std::ops::Range<usize>) -> Vec<T> {
     let columns = images.len() * g.positions();
-    let [kh, kw] = g.kernel;
-    let out_w = g.size_out[1];
     let mut col = vec![T::default(); g.patch_len() * columns];
     col.par_chunks_mut(columns)
         .enumerate()
-        .for_each(|(row, col_row)| {
-            let (channel, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
-            let (rows_valid, cols_valid) = (g.valid_outputs(0, i), g.valid_outputs(1, j));
-            if cols_valid.is_empty() {
-                return;
-            }
-            for (image_index, image) in images.clone().enumerate() {
-                let plane = &x[(image * g.channels_in + channel) * g.plane_in()..][..g.plane_in()];
-                let out_plane = &mut col_row[image_index * g.positions()..][..g.positions()];
-                for oh in rows_valid.clone() {
-                    let ih = oh * g.stride[0] + i - g.padding[0];
-                    let in_row = &plane[ih * g.size_in[1]..][..g.size_in[1]];
-                    let out_row = &mut out_plane[oh * out_w..][..out_w];
-                    let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
-                    if g.stride[1] == 1 {
-                        out_row[cols_valid.clone()]
-                            .copy_from_slice(&in_row[first_iw..][..cols_valid.len()]);
-                    } else {
-                        for (slot, &value) in out_row[cols_valid.clone()]
-                            .iter_mut()
-                            .zip(in_row[first_iw..].iter().step_by(g.stride[1]))
-                        {
-                            *slot = value;
-                        }
-                    }
+        .for_each(|(row, col_row)| fill_patch_row(g, x, images.clone(), row, col_row));
+    col
+}
+
+/// The patch matrix of image `image` of `x` (`[C·kh·kw, positions]`) into `col`, on this thread.
+/// Only the entries inside the image are written: the padding entries are the same for every
+/// image, so a buffer zeroed once can be reused image after image.
+fn im2col_image_into<T: Element>(g: &Geometry, x: &[T], image: usize, col: &mut [T]) {
+    for (row, col_row) in col.chunks_mut(g.positions()).enumerate() {
+        fill_patch_row(g, x, image..image + 1, row, col_row);
+    }
+}
+
+/// Row `row` (one input channel and kernel offset) of the patch matrix of images `images`.
+fn fill_patch_row<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    images: std::ops::Range<usize>,
+    row: usize,
+    col_row: &mut [T],
+) {
+    let [kh, kw] = g.kernel;
+    let out_w = g.size_out[1];
+    let (channel, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
+    let (rows_valid, cols_valid) = (g.valid_outputs(0, i), g.valid_outputs(1, j));
+    if cols_valid.is_empty() {
+        return;
+    }
+    for (image_index, image) in images.enumerate() {
+        let plane = &x[(image * g.channels_in + channel) * g.plane_in()..][..g.plane_in()];
+        let out_plane = &mut col_row[image_index * g.positions()..][..g.positions()];
+        for oh in rows_valid.clone() {
+            let ih = oh * g.stride[0] + i - g.padding[0];
+            let in_row = &plane[ih * g.size_in[1]..][..g.size_in[1]];
+            let out_row = &mut out_plane[oh * out_w..][..out_w];
+            let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
+            if g.stride[1] == 1 {
+                out_row[cols_valid.clone()]
+                    .copy_from_slice(&in_row[first_iw..][..cols_valid.len()]);
+            } else {
+                for (slot, &value) in out_row[cols_valid.clone()]
+                    .iter_mut()
+                    .zip(in_row[first_iw..].iter().step_by(g.stride[1]))
+                {
+                    *slot = value;
                 }
             }
-        });
-    col
+        }
+    }
 }
 
 /// Adds every column of `dcol` (`[C·kh·kw, images·positions]`) back onto the input positions its
 /// patch came from, in `planes`: the input planes of those images, `[images, C, H, W]`.
 fn col2im<T: Element>(g: &Geometry, dcol: &[T], planes: &mut [T]) {
-    let images = planes.len() / (g.channels_in * g.plane_in()).max(1);
-    let columns = images * g.positions();
-    let [kh, kw] = g.kernel;
-    let out_w = g.size_out[1];
     planes
         .par_chunks_mut(g.plane_in())
         .enumerate()
-        .for_each(|(plane_index, plane)| {
-            let (image_index, channel) = (plane_index / g.channels_in, plane_index % g.channels_in);
-            for i in 0..kh {
-                let rows_valid = g.valid_outputs(0, i);
-                for j in 0..kw {
-                    let cols_valid = g.valid_outputs(1, j);
-                    if cols_valid.is_empty() {
-                        continue;
-                    }
-                    let row = (channel * kh + i) * kw + j;
-                    let patch_plane =
-                        &dcol[row * columns + image_index * g.positions()..][..g.positions()];
-                    for oh in rows_valid.clone() {
-                        let ih = oh * g.stride[0] + i - g.padding[0];
-                        let in_row = &mut plane[ih * g.size_in[1]..][..g.size_in[1]];
-                        let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
-                        let values = &patch_plane[oh * out_w..][cols_valid.clone()];
-                        for (slot, &value) in in_row[first_iw..]
-                            .iter_mut()
-                            .step_by(g.stride[1])
-                            .zip(values)
-                        {
-                            *slot += value;
-                        }
-                    }
+        .for_each(|(plane_index, plane)| add_patches_to_plane(g, dcol, plane_index, plane));
+}
+
+/// [`col2im`] on this thread.
+fn col2im_serial<T: Element>(g: &Geometry, dcol: &[T], planes: &mut [T]) {
+    for (plane_index, plane) in planes.chunks_mut(g.plane_in()).enumerate() {
+        add_patches_to_plane(g, dcol, plane_index, plane);
+    }
+}
+
+/// Adds the patches of `dcol` that cover input plane `plane_index` (image-major, then channel)
+/// onto `plane`.
+fn add_patches_to_plane<T: Element>(g: &Geometry, dcol: &[T], plane_index: usize, plane: &mut [T]) {
+    let [kh, kw] = g.kernel;
+    let out_w = g.size_out[1];
+    let columns = dcol.len() / g.patch_len().max(1);
+    let (image_index, channel) = (plane_index / g.channels_in, plane_index % g.channels_in);
+    for i in 0..kh {
+        let rows_valid = g.valid_outputs(0, i);
+        for j in 0..kw {
+            let cols_valid = g.valid_outputs(1, j);
+            if cols_valid.is_empty() {
+                continue;
+            }
+            let row = (channel * kh + i) * kw + j;
+            let patch_plane = &dcol[row * columns + image_index * g.positions()..][..g.positions()];
+            for oh in rows_valid.clone() {
+                let ih = oh * g.stride[0] + i - g.padding[0];
+                let in_row = &mut plane[ih * g.size_in[1]..][..g.size_in[1]];
+                let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
+                let values = &patch_plane[oh * out_w..][cols_valid.clone()];
+                for (slot, &value) in in_row[first_iw..]
+                    .iter_mut()
+                    .step_by(g.stride[1])
+                    .zip(values)
+                {
+                    *slot += value;
                 }
             }
-        });
+        }
+    }
 }
 
 /// The output gradient of images `images` as `[Co, images·positions]` (channel-major).
@@ -416,20 +443,17 @@ fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
     let positions = g.positions();
     let k = g.patch_len();
     let mut out = vec![T::default(); g.batch * g.channels_out * positions];
-    for images in chunks(g) {
-        let columns = images.len() * positions;
-        let col = im2col(g, x, images.clone());
-        let planes =
-            &mut out[images.start * g.channels_out * positions..][..columns * g.channels_out];
-        if positions >= DIRECT_POSITIONS {
-            // One product per image, images in parallel, each straight into its `[Co, positions]`
-            // block of the output.
-            planes
-                .par_chunks_mut(g.channels_out * positions)
-                .enumerate()
-                .for_each(|(image_index, block)| {
-                    // SAFETY: `block` is [Co, positions] row-major, `weight` [Co, K], and the
-                    // image's columns of `col` [K, positions] with row stride `columns`.
+    if positions >= DIRECT_POSITIONS {
+        // One product per image, images in parallel, each straight into its `[Co, positions]`
+        // block of the output; each thread reuses one patch buffer.
+        out.par_chunks_mut(g.channels_out * positions)
+            .enumerate()
+            .for_each_init(
+                || vec![T::default(); k * positions],
+                |col, (image, block)| {
+                    im2col_image_into(g, x, image, col);
+                    // SAFETY: `block` is [Co, positions], `weight` [Co, K] and `col`
+                    // [K, positions], all row-major.
                     unsafe {
                         product_with(
                             false,
@@ -437,12 +461,18 @@ fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
                             (block.as_mut_ptr(), positions as isize, 1),
                             false,
                             (weight.as_ptr(), k as isize, 1),
-                            (col[image_index * positions..].as_ptr(), columns as isize, 1),
+                            (col.as_ptr(), positions as isize, 1),
                         );
                     }
-                });
-            continue;
-        }
+                },
+            );
+        return out;
+    }
+    for images in chunks(g) {
+        let columns = images.len() * positions;
+        let col = im2col(g, x, images.clone());
+        let planes =
+            &mut out[images.start * g.channels_out * positions..][..columns * g.channels_out];
         let mut product_out = vec![T::default(); g.channels_out * columns];
         // SAFETY: `product_out` is [Co, columns], `weight` [Co, K] and `col` [K, columns], all
         // row-major.
@@ -538,73 +568,68 @@ fn backward_by_image<T: Element>(
     let (k, positions) = (g.patch_len(), g.positions());
     let image_in = g.channels_in * g.plane_in();
     let image_out = g.channels_out * positions;
-    let mut dx = vec![T::default(); if want_input { g.batch * image_in } else { 0 }];
     let group_len = g.batch.div_ceil(IMAGE_GROUPS).max(1);
-    let image_in_grad = |dx: &mut [T], image: usize| {
-        let mut dcol = vec![T::default(); k * positions];
-        // SAFETY: `dcol` is [K, positions], `weight` [Co, K] read as its transpose, and the
-        // image's output gradient [Co, positions], all row-major.
-        unsafe {
-            product_with(
-                false,
-                [k, positions, g.channels_out],
-                (dcol.as_mut_ptr(), positions as isize, 1),
-                false,
-                (weight.as_ptr(), 1, k as isize),
-                (dy[image * image_out..].as_ptr(), positions as isize, 1),
-            );
-        }
-        col2im(g, &dcol, dx);
-    };
-    let group_weight_grad = |images: std::ops::Range<usize>| {
-        let mut dw = vec![T::default(); g.channels_out * k];
-        for (index, image) in images.enumerate() {
-            let col = im2col(g, x, image..image + 1);
-            // SAFETY: `dw` is [Co, K], the image's output gradient [Co, positions] and `col`
-            // [K, positions] read as its transpose, all row-major.
-            unsafe {
-                product_with(
-                    false,
-                    [g.channels_out, k, positions],
-                    (dw.as_mut_ptr(), k as isize, 1),
-                    index > 0,
-                    (dy[image * image_out..].as_ptr(), positions as isize, 1),
-                    (col.as_ptr(), 1, positions as isize),
-                );
-            }
-        }
-        dw
-    };
-    let partials: Vec<Vec<T>> = dx
-        .par_chunks_mut((group_len * image_in).max(1))
-        .enumerate()
-        .map(|(group, dx_group)| {
-            let images = group * group_len..((group + 1) * group_len).min(g.batch);
-            if want_input {
-                for (image, planes) in images.clone().zip(dx_group.chunks_mut(image_in)) {
-                    image_in_grad(planes, image);
+    let groups = g.batch.div_ceil(group_len);
+    let mut dx = vec![T::default(); if want_input { g.batch * image_in } else { 0 }];
+    // The image range of each group, with that group's planes of `dx` (empty when not wanted).
+    let mut work: Vec<(std::ops::Range<usize>, &mut [T])> = Vec::with_capacity(groups);
+    let mut rest = dx.as_mut_slice();
+    for group in 0..groups {
+        let images = group * group_len..((group + 1) * group_len).min(g.batch);
+        let len = if want_input {
+            images.len() * image_in
+        } else {
+            0
+        };
+        let (planes, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        work.push((images, planes));
+    }
+    let partials: Vec<Vec<T>> = work
+        .into_par_iter()
+        .map(|(images, dx_planes)| {
+            // Patches keep their zero padding entries image after image; the patch gradients are
+            // overwritten whole by each product.
+            let mut patches = vec![T::default(); if want_weight { k * positions } else { 0 }];
+            let mut dcol = vec![T::default(); if want_input { k * positions } else { 0 }];
+            let mut dw = vec![T::default(); if want_weight { g.channels_out * k } else { 0 }];
+            for (index, image) in images.clone().enumerate() {
+                let dy_image = dy[image * image_out..].as_ptr();
+                if want_weight {
+                    im2col_image_into(g, x, image, &mut patches);
+                    // SAFETY: `dw` is [Co, K], the image's output gradient [Co, positions] and
+                    // `patches` [K, positions] read as its transpose, all row-major.
+                    unsafe {
+                        product_with(
+                            false,
+                            [g.channels_out, k, positions],
+                            (dw.as_mut_ptr(), k as isize, 1),
+                            index > 0,
+                            (dy_image, positions as isize, 1),
+                            (patches.as_ptr(), 1, positions as isize),
+                        );
+                    }
+                }
+                if want_input {
+                    // SAFETY: `dcol` is [K, positions], `weight` [Co, K] read as its
+                    // transpose, and the image's output gradient [Co, positions].
+                    unsafe {
+                        product_with(
+                            false,
+                            [k, positions, g.channels_out],
+                            (dcol.as_mut_ptr(), positions as isize, 1),
+                            false,
+                            (weight.as_ptr(), 1, k as isize),
+                            (dy_image, positions as isize, 1),
+                        );
+                    }
+                    col2im_serial(g, &dcol, &mut dx_planes[index * image_in..][..image_in]);
                 }
             }
-            if want_weight {
-                group_weight_grad(images)
-            } else {
-                Vec::new()
-            }
+            dw
         })
         .collect();
-    let dw = if want_input {
-        want_weight.then(|| sum_in_order(partials, g.channels_out * k))
-    } else if want_weight {
-        let partials: Vec<Vec<T>> = (0..g.batch.div_ceil(group_len))
-            .into_par_iter()
-            .map(|group| {
-                group_weight_grad(group * group_len..((group + 1) * group_len).min(g.batch))
-            })
-            .collect();
-        Some(sum_in_order(partials, g.channels_out * k))
-    } else {
-        None
-    };
+    let dw = want_weight.then(|| sum_in_order(partials, g.channels_out * k));
     (want_input.then_some(dx), dw)
 }
 
