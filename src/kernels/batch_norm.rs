@@ -290,30 +290,41 @@ struct Affine {
     c: f64,
 }
 
-/// `out = (x − centre)·a + y·b + c` plane by plane, with the constants of each plane's channel.
-/// Centring first keeps the precision where the mean is large against the spread.
-fn affine_planes<T: Element>(layout: Layout, x: &[T], y: &[T], per_channel: &[Affine]) -> Vec<T> {
+/// A new activation of `layout` filled plane by plane, in parallel, by `fill(plane, start, out)`:
+/// `out` is plane `plane` (image-major, then channel), whose first value has index `start`.
+fn fill_planes<T: Element>(
+    layout: Layout,
+    len: usize,
+    fill: impl Fn(usize, usize, &mut [T]) + Sync,
+) -> Vec<T> {
     let positions = layout.positions.max(1);
     // Whole planes per parallel task, so that small planes (2x2 in a ResNet's last stage) do not
     // make one task each.
     let planes_per_task = (PARALLEL_GRAIN / positions).max(1);
-    let mut out = vec![T::from_f64(0.0); x.len()];
+    let mut out = vec![T::from_f64(0.0); len];
     out.par_chunks_mut(planes_per_task * positions)
         .enumerate()
         .for_each(|(task, out)| {
             for (index, out) in out.chunks_mut(positions).enumerate() {
                 let plane = task * planes_per_task + index;
-                let constants = per_channel[plane % layout.channels];
-                let [centre, a, b, c] =
-                    [constants.centre, constants.a, constants.b, constants.c].map(T::from_f64);
-                let start = plane * positions;
-                let (x, y) = (&x[start..][..out.len()], &y[start..][..out.len()]);
-                for ((out, &x), &y) in out.iter_mut().zip(x).zip(y) {
-                    *out = (x - centre) * a + y * b + c;
-                }
+                fill(plane, plane * positions, out);
             }
         });
     out
+}
+
+/// `out = (x − centre)·a + y·b + c` plane by plane, with the constants of each plane's channel.
+/// Centring first keeps the precision where the mean is large against the spread.
+fn affine_planes<T: Element>(layout: Layout, x: &[T], y: &[T], per_channel: &[Affine]) -> Vec<T> {
+    fill_planes(layout, x.len(), |plane, start, out| {
+        let constants = per_channel[plane % layout.channels];
+        let [centre, a, b, c] =
+            [constants.centre, constants.a, constants.b, constants.c].map(T::from_f64);
+        let (x, y) = (&x[start..][..out.len()], &y[start..][..out.len()]);
+        for ((out, &x), &y) in out.iter_mut().zip(x).zip(y) {
+            *out = (x - centre) * a + y * b + c;
+        }
+    })
 }
 
 /// `(x − mean)/σ·γ + β` plane by plane with `σ = √(variance + ε)`, each step rounded in `T` as
@@ -331,22 +342,13 @@ fn normalize_planes<T: Element>(
             [mean, std, gamma, beta]
         })
         .collect();
-    let positions = layout.positions.max(1);
-    let planes_per_task = (PARALLEL_GRAIN / positions).max(1);
-    let mut out = vec![T::from_f64(0.0); x.len()];
-    out.par_chunks_mut(planes_per_task * positions)
-        .enumerate()
-        .for_each(|(task, out)| {
-            for (index, out) in out.chunks_mut(positions).enumerate() {
-                let plane = task * planes_per_task + index;
-                let [mean, std, gamma, beta] = per_channel[plane % layout.channels];
-                let x = &x[plane * positions..][..out.len()];
-                for (out, &x) in out.iter_mut().zip(x) {
-                    *out = (x - mean) / std * gamma + beta;
-                }
-            }
-        });
-    out
+    fill_planes(layout, x.len(), |plane, start, out| {
+        let [mean, std, gamma, beta] = per_channel[plane % layout.channels];
+        let x = &x[start..][..out.len()];
+        for (out, &x) in out.iter_mut().zip(x) {
+            *out = (x - mean) / std * gamma + beta;
+        }
+    })
 }
 
 fn host_values<T: Element>(tensor: &FlexTensor) -> Vec<f64> {
