@@ -103,16 +103,8 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, input: Tensor<D>) -> Tensor<D>
             bn.epsilon,
         ));
     }
-    let (output, mean, variance) = <Dispatch as NormOps>::normalize_batch(
-        input.into_dispatch(),
-        bn.gamma.val().into_dispatch(),
-        bn.beta.val().into_dispatch(),
-        bn.epsilon,
-    );
-    let (mean, variance) = (
-        Tensor::<1>::from_dispatch(mean).detach(),
-        Tensor::<1>::from_dispatch(variance).detach(),
-    );
+    let (output, mean, variance) =
+        normalize_batch(input, bn.gamma.val(), bn.beta.val(), bn.epsilon);
     let momentum = bn.momentum;
     let running = |state: Tensor<1>, batch: Tensor<1>| {
         state
@@ -122,10 +114,10 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, input: Tensor<D>) -> Tensor<D>
             .detach()
     };
     bn.running_mean
-        .update(running(bn.running_mean.value_sync(), mean));
+        .update(running(bn.running_mean.value_sync(), mean.detach()));
     bn.running_var
-        .update(running(bn.running_var.value_sync(), variance));
-    Tensor::from_dispatch(output)
+        .update(running(bn.running_var.value_sync(), variance.detach()));
+    output
 }
 
 /// [`NormOps::normalize_batch`] on tensors: the output, the batch mean and the biased variance.
@@ -241,26 +233,30 @@ impl Layout {
     }
 }
 
-/// `Σ f(a[i], b[i])` over paired slices, in f64 lanes.
-fn lane_sum<T: Element>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
-    let mut lanes = [0.0f64; LANES];
+/// The two sums `Σ f(a[i], b[i])[0]` and `Σ f(a[i], b[i])[1]` over paired slices, in one pass
+/// and in f64 lanes.
+fn lane_sums<T: Element>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> [f64; 2]) -> [f64; 2] {
+    let mut lanes = [[0.0f64; LANES]; 2];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
     for (a, b) in a_chunks.zip(b_chunks) {
         for lane in 0..LANES {
-            lanes[lane] += f(a[lane].to_f64(), b[lane].to_f64());
+            let [first, second] = f(a[lane].to_f64(), b[lane].to_f64());
+            lanes[0][lane] += first;
+            lanes[1][lane] += second;
         }
     }
-    let tail: f64 = a_tail
-        .iter()
-        .zip(b_tail)
-        .map(|(&a, &b)| f(a.to_f64(), b.to_f64()))
-        .sum();
-    lanes.iter().sum::<f64>() + tail
+    let mut tails = [0.0f64; 2];
+    for (&a, &b) in a_tail.iter().zip(b_tail) {
+        let [first, second] = f(a.to_f64(), b.to_f64());
+        tails[0] += first;
+        tails[1] += second;
+    }
+    [0, 1].map(|sum| lanes[sum].iter().sum::<f64>() + tails[sum])
 }
 
 /// Per-channel mean and biased variance of `x`.
-fn statistics<T: Element>(layout: Layout, x: &[T]) -> Vec<(f64, f64)> {
+fn statistics<T: Element>(layout: Layout, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     let count = layout.count() as f64;
     (0..layout.channels)
         .into_par_iter()
@@ -269,16 +265,18 @@ fn statistics<T: Element>(layout: Layout, x: &[T]) -> Vec<(f64, f64)> {
                 return (0.0, 0.0);
             };
             let shift = shift.to_f64();
-            let (mut sum, mut squares) = (0.0, 0.0);
-            for plane in layout.planes(x, channel) {
-                sum += lane_sum(plane, plane, |v, _| v - shift);
-                squares += lane_sum(plane, plane, |v, _| (v - shift) * (v - shift));
-            }
+            let [sum, squares] = layout.planes(x, channel).fold([0.0, 0.0], |totals, plane| {
+                let [sum, squares] = lane_sums(plane, plane, |v, _| {
+                    let centred = v - shift;
+                    [centred, centred * centred]
+                });
+                [totals[0] + sum, totals[1] + squares]
+            });
             let centred_mean = sum / count;
             let variance = (squares / count - centred_mean * centred_mean).max(0.0);
             (shift + centred_mean, variance)
         })
-        .collect()
+        .unzip()
 }
 
 /// Per-channel constants of [`affine_planes`]: `out = (x − centre)·a + y·b + c`.
@@ -380,9 +378,8 @@ fn host_normalize_batch<T: Element>(
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let x = x.to_contiguous();
     let values = x.as_slice::<T>().expect("checked element type");
-    let stats = statistics(layout, values);
+    let (mean, variance) = statistics(layout, values);
     let (gamma, beta) = (host_values::<T>(gamma), host_values::<T>(beta));
-    let (mean, variance): (Vec<f64>, Vec<f64>) = stats.iter().copied().unzip();
     let output = normalize_planes(layout, values, [&mean, &variance, &gamma, &beta], epsilon);
     (
         host_tensor(output, x.shape().as_slice()),
@@ -416,10 +413,8 @@ fn host_normalize_batch_backward<T: Element>(
                 .planes(dy_values, channel)
                 .zip(layout.planes(x_values, channel))
                 .fold([0.0, 0.0], |[dy_sum, dyx_sum], (dy, x)| {
-                    [
-                        dy_sum + lane_sum(dy, dy, |dy, _| dy),
-                        dyx_sum + lane_sum(dy, x, |dy, x| dy * (x - mean)),
-                    ]
+                    let [dy_plane, dyx_plane] = lane_sums(dy, x, |dy, x| [dy, dy * (x - mean)]);
+                    [dy_sum + dy_plane, dyx_sum + dyx_plane]
                 })
         })
         .collect();
