@@ -1,30 +1,22 @@
-//! Dense 2-D convolution (groups = 1, dilation = 1) as three batched matrix products.
+//! Dense 2-D convolution (groups = 1, dilation = 1) as matrix products by the `gemm` crate (the
+//! same AVX-512 / AVX2 / NEON micro-kernels flex calls, with its run-time dispatch), forward and
+//! both backward passes.
 //!
 //! burn `flex` runs a convolution image by image: it converts the whole batch to channels-last on one
 //! thread, builds an im2col tile per image and multiplies it with the weights, so the deep layers of a
 //! CIFAR network (2x2 to 8x8 outputs) make many products of 4 to 64 columns that stream the full
 //! weight matrix each time. Its backward passes reuse that forward with rearranged operands
 //! (`conv_transpose2d` for the input, a convolution whose kernel is the output gradient for the
-//! weights). Here the batch is cut into chunks of whole images whose patches are laid out as one
-//! `[C·kh·kw, images·positions]` matrix (the classic im2col, built from contiguous row copies of
-//! the NCHW planes, in parallel); each pass is then one product per chunk by the `gemm` crate (the
-//! same AVX-512 / AVX2 / NEON micro-kernels flex calls, with its run-time dispatch):
+//! weights). lacoot picks one of two schemes by the size of the output plane:
 //!
-//! - forward: `out[Co, n] = W[Co, K] · col[K, n]`;
-//! - backward to the input: `dcol[K, n] = Wᵀ · dy[Co, n]`, then col2im adds each patch back;
-//! - backward to the weights: `dW[Co, K] += dy[Co, n] · colᵀ`, accumulated chunk after chunk.
-//!
-//! That suits small output planes (2x2 to 4x4 in a CIFAR ResNet's last stages), where one image
-//! gives too few columns for an efficient product. Planes of at least 64 positions (the 8x8 to
-//! 32x32 layers) are multiplied image by image instead, images in parallel on one thread each: the
-//! product lands straight in the NCHW output, the output gradient of an image is already its
-//! `[Co, positions]` matrix (nothing gathered), its input gradient stays in its own planes, and
-//! the weight gradient is summed per group of images (16 groups) and then over the groups in
-//! order. Per call, that replaces several short parallel passes (im2col, product, copy) by one.
+//! - [`by_image`], planes of at least 64 positions (8x8 to 32x32): im2col image by image, images in
+//!   parallel, products straight into and out of the NCHW planes;
+//! - [`by_tap`], smaller planes: the batch laid out position-major, one product per kernel tap and
+//!   output row over all images, no patch matrix and no multiplications by the padding.
 //!
 //! Every output element is summed in a fixed order whatever the thread count (the products split
-//! rows and columns among threads, never the shared dimension; the image groups do not depend on
-//! it), so training stays reproducible.
+//! rows and columns among threads, never the shared dimension; the image groups and the tap order
+//! do not depend on it), so training stays reproducible.
 //! Other element types, groups and dilations go to burn's own ops. Benchmark: `cargo bench --bench
 //! conv_layers` against `bench/torch_conv_layers.py` (BENCHMARKS.md, "Convolutions").
 
@@ -40,16 +32,12 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
-use rayon::prelude::*;
+mod by_image;
+mod by_tap;
 
-/// Elements of one chunk's patch matrix: 4 MB of f32, so that a chunk's operands stay in the
-/// outer caches while its product runs.
-const CHUNK_ELEMENTS: usize = 1 << 20;
-/// Output planes of at least this many positions are multiplied image by image (in parallel
-/// over the images), straight into the output; smaller ones as one product per chunk.
+/// Output planes of at least this many positions go image by image through im2col
+/// ([`by_image`]); smaller ones tap by tap ([`by_tap`]).
 const DIRECT_POSITIONS: usize = 64;
-/// Groups of images the image-by-image backward pass runs in parallel, whatever the thread count.
-const IMAGE_GROUPS: usize = 16;
 /// Products below this many multiply-adds run on one thread.
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
@@ -215,11 +203,6 @@ impl Geometry {
         self.size_in[0] * self.size_in[1]
     }
 
-    /// Whole images per chunk.
-    fn chunk_images(&self) -> usize {
-        (CHUNK_ELEMENTS / (self.patch_len() * self.positions()).max(1)).clamp(1, self.batch.max(1))
-    }
-
     /// The output positions `o` along one axis whose input index `o·stride + k − pad` lies in
     /// `[0, size)`.
     fn valid_outputs(&self, axis: usize, k: usize) -> std::ops::Range<usize> {
@@ -304,345 +287,28 @@ unsafe fn product_with<T: Element>(
     }
 }
 
-/// The patch matrix of images `images` of `x`: `[C·kh·kw, images·positions]`, zero where a patch
-/// overhangs the padding.
-fn im2col<T: Element>(g: &Geometry, x: &[T], images: std::ops::Range<usize>) -> Vec<T> {
-    let columns = images.len() * g.positions();
-    let mut col = vec![T::default(); g.patch_len() * columns];
-    col.par_chunks_mut(columns)
-        .enumerate()
-        .for_each(|(row, col_row)| fill_patch_row(g, x, images.clone(), row, col_row));
-    col
-}
-
-/// The patch matrix of image `image` of `x` (`[C·kh·kw, positions]`) into `col`, on this thread.
-/// Only the entries inside the image are written: the padding entries are the same for every
-/// image, so a buffer zeroed once can be reused image after image.
-fn im2col_image_into<T: Element>(g: &Geometry, x: &[T], image: usize, col: &mut [T]) {
-    for (row, col_row) in col.chunks_mut(g.positions()).enumerate() {
-        fill_patch_row(g, x, image..image + 1, row, col_row);
-    }
-}
-
-/// Row `row` (one input channel and kernel offset) of the patch matrix of images `images`.
-fn fill_patch_row<T: Element>(
-    g: &Geometry,
-    x: &[T],
-    images: std::ops::Range<usize>,
-    row: usize,
-    col_row: &mut [T],
-) {
-    let [kh, kw] = g.kernel;
-    let out_w = g.size_out[1];
-    let (channel, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
-    let (rows_valid, cols_valid) = (g.valid_outputs(0, i), g.valid_outputs(1, j));
-    if cols_valid.is_empty() {
-        return;
-    }
-    for (image_index, image) in images.enumerate() {
-        let plane = &x[(image * g.channels_in + channel) * g.plane_in()..][..g.plane_in()];
-        let out_plane = &mut col_row[image_index * g.positions()..][..g.positions()];
-        for oh in rows_valid.clone() {
-            let ih = oh * g.stride[0] + i - g.padding[0];
-            let in_row = &plane[ih * g.size_in[1]..][..g.size_in[1]];
-            let out_row = &mut out_plane[oh * out_w..][..out_w];
-            let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
-            if g.stride[1] == 1 {
-                out_row[cols_valid.clone()]
-                    .copy_from_slice(&in_row[first_iw..][..cols_valid.len()]);
-            } else {
-                for (slot, &value) in out_row[cols_valid.clone()]
-                    .iter_mut()
-                    .zip(in_row[first_iw..].iter().step_by(g.stride[1]))
-                {
-                    *slot = value;
-                }
-            }
-        }
-    }
-}
-
-/// Adds every column of `dcol` (`[C·kh·kw, images·positions]`) back onto the input positions its
-/// patch came from, in `planes`: the input planes of those images, `[images, C, H, W]`.
-fn col2im<T: Element>(g: &Geometry, dcol: &[T], planes: &mut [T]) {
-    planes
-        .par_chunks_mut(g.plane_in())
-        .enumerate()
-        .for_each(|(plane_index, plane)| add_patches_to_plane(g, dcol, plane_index, plane));
-}
-
-/// [`col2im`] on this thread.
-fn col2im_serial<T: Element>(g: &Geometry, dcol: &[T], planes: &mut [T]) {
-    for (plane_index, plane) in planes.chunks_mut(g.plane_in()).enumerate() {
-        add_patches_to_plane(g, dcol, plane_index, plane);
-    }
-}
-
-/// Adds the patches of `dcol` that cover input plane `plane_index` (image-major, then channel)
-/// onto `plane`.
-fn add_patches_to_plane<T: Element>(g: &Geometry, dcol: &[T], plane_index: usize, plane: &mut [T]) {
-    let [kh, kw] = g.kernel;
-    let out_w = g.size_out[1];
-    let columns = dcol.len() / g.patch_len().max(1);
-    let (image_index, channel) = (plane_index / g.channels_in, plane_index % g.channels_in);
-    for i in 0..kh {
-        let rows_valid = g.valid_outputs(0, i);
-        for j in 0..kw {
-            let cols_valid = g.valid_outputs(1, j);
-            if cols_valid.is_empty() {
-                continue;
-            }
-            let row = (channel * kh + i) * kw + j;
-            let patch_plane = &dcol[row * columns + image_index * g.positions()..][..g.positions()];
-            for oh in rows_valid.clone() {
-                let ih = oh * g.stride[0] + i - g.padding[0];
-                let in_row = &mut plane[ih * g.size_in[1]..][..g.size_in[1]];
-                let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
-                let values = &patch_plane[oh * out_w..][cols_valid.clone()];
-                for (slot, &value) in in_row[first_iw..]
-                    .iter_mut()
-                    .step_by(g.stride[1])
-                    .zip(values)
-                {
-                    *slot += value;
-                }
-            }
-        }
-    }
-}
-
-/// The output gradient of images `images` as `[Co, images·positions]` (channel-major).
-fn gather_output_grad<T: Element>(
-    g: &Geometry,
-    dy: &[T],
-    images: std::ops::Range<usize>,
-) -> Vec<T> {
-    let positions = g.positions();
-    let columns = images.len() * positions;
-    let mut gathered = vec![T::default(); g.channels_out * columns];
-    gathered
-        .par_chunks_mut(columns)
-        .enumerate()
-        .for_each(|(channel, row)| {
-            for (image_index, image) in images.clone().enumerate() {
-                row[image_index * positions..][..positions].copy_from_slice(
-                    &dy[(image * g.channels_out + channel) * positions..][..positions],
-                );
-            }
-        });
-    gathered
-}
-
-/// The images of the batch, chunk by chunk.
-fn chunks(g: &Geometry) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let size = g.chunk_images();
-    (0..g.batch.div_ceil(size)).map(move |c| c * size..((c + 1) * size).min(g.batch))
-}
-
+/// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
 fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
-    let positions = g.positions();
-    let k = g.patch_len();
-    let mut out = vec![T::default(); g.batch * g.channels_out * positions];
-    if positions >= DIRECT_POSITIONS {
-        // One product per image, images in parallel, each straight into its `[Co, positions]`
-        // block of the output; each thread reuses one patch buffer.
-        out.par_chunks_mut(g.channels_out * positions)
-            .enumerate()
-            .for_each_init(
-                || vec![T::default(); k * positions],
-                |col, (image, block)| {
-                    im2col_image_into(g, x, image, col);
-                    // SAFETY: `block` is [Co, positions], `weight` [Co, K] and `col`
-                    // [K, positions], all row-major.
-                    unsafe {
-                        product_with(
-                            false,
-                            [g.channels_out, positions, k],
-                            (block.as_mut_ptr(), positions as isize, 1),
-                            false,
-                            (weight.as_ptr(), k as isize, 1),
-                            (col.as_ptr(), positions as isize, 1),
-                        );
-                    }
-                },
-            );
-        return out;
+    if g.positions() >= DIRECT_POSITIONS {
+        by_image::forward(g, x, weight)
+    } else {
+        by_tap::forward(g, x, weight)
     }
-    for images in chunks(g) {
-        let columns = images.len() * positions;
-        let col = im2col(g, x, images.clone());
-        let planes =
-            &mut out[images.start * g.channels_out * positions..][..columns * g.channels_out];
-        let mut product_out = vec![T::default(); g.channels_out * columns];
-        // SAFETY: `product_out` is [Co, columns], `weight` [Co, K] and `col` [K, columns], all
-        // row-major.
-        unsafe {
-            product(
-                [g.channels_out, columns, k],
-                (product_out.as_mut_ptr(), columns as isize, 1),
-                false,
-                (weight.as_ptr(), k as isize, 1),
-                (col.as_ptr(), columns as isize, 1),
-            );
-        }
-        planes
-            .par_chunks_mut(positions)
-            .enumerate()
-            .for_each(|(plane_index, plane)| {
-                let (image_index, channel) =
-                    (plane_index / g.channels_out, plane_index % g.channels_out);
-                plane.copy_from_slice(
-                    &product_out[channel * columns + image_index * positions..][..positions],
-                );
-            });
-    }
-    out
 }
 
+/// The gradients with respect to the input and to the weight, each only when wanted.
 fn backward<T: Element>(
     g: &Geometry,
     x: &[T],
     weight: &[T],
     dy: &[T],
-    [want_input, want_weight]: [bool; 2],
+    wanted: [bool; 2],
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
     if g.positions() >= DIRECT_POSITIONS {
-        return backward_by_image(g, x, weight, dy, [want_input, want_weight]);
+        by_image::backward(g, x, weight, dy, wanted)
+    } else {
+        by_tap::backward(g, x, weight, dy, wanted)
     }
-    let k = g.patch_len();
-    let mut dx = want_input.then(|| vec![T::default(); g.batch * g.channels_in * g.plane_in()]);
-    let mut dw = want_weight.then(|| vec![T::default(); g.channels_out * k]);
-    for (chunk_index, images) in chunks(g).enumerate() {
-        let columns = images.len() * g.positions();
-        let dy_chunk = gather_output_grad(g, dy, images.clone());
-        if let Some(dw) = dw.as_mut() {
-            let col = im2col(g, x, images.clone());
-            // SAFETY: `dw` is [Co, K] row-major, `dy_chunk` [Co, columns], and `col` [K, columns]
-            // read as its transpose [columns, K].
-            unsafe {
-                product(
-                    [g.channels_out, k, columns],
-                    (dw.as_mut_ptr(), k as isize, 1),
-                    chunk_index > 0,
-                    (dy_chunk.as_ptr(), columns as isize, 1),
-                    (col.as_ptr(), 1, columns as isize),
-                );
-            }
-        }
-        if let Some(dx) = dx.as_mut() {
-            let mut dcol = vec![T::default(); k * columns];
-            // SAFETY: `dcol` is [K, columns], `weight` [Co, K] read as its transpose [K, Co], and
-            // `dy_chunk` [Co, columns].
-            unsafe {
-                product(
-                    [k, columns, g.channels_out],
-                    (dcol.as_mut_ptr(), columns as isize, 1),
-                    false,
-                    (weight.as_ptr(), 1, k as isize),
-                    (dy_chunk.as_ptr(), columns as isize, 1),
-                );
-            }
-            let planes_len = images.len() * g.channels_in * g.plane_in();
-            col2im(
-                g,
-                &dcol,
-                &mut dx[images.start * g.channels_in * g.plane_in()..][..planes_len],
-            );
-        }
-    }
-    (dx, dw)
-}
-
-/// [`backward`] for large output planes: image by image, in a fixed number of groups of images
-/// that run in parallel. Each image's output gradient is already a `[Co, positions]` matrix, so
-/// nothing is gathered; its input gradient lands in its own planes; each group accumulates its
-/// own weight gradient, and the groups' sums are added in group order, so the result does not
-/// depend on the thread count.
-fn backward_by_image<T: Element>(
-    g: &Geometry,
-    x: &[T],
-    weight: &[T],
-    dy: &[T],
-    [want_input, want_weight]: [bool; 2],
-) -> (Option<Vec<T>>, Option<Vec<T>>) {
-    let (k, positions) = (g.patch_len(), g.positions());
-    let image_in = g.channels_in * g.plane_in();
-    let image_out = g.channels_out * positions;
-    let group_len = g.batch.div_ceil(IMAGE_GROUPS).max(1);
-    let groups = g.batch.div_ceil(group_len);
-    let mut dx = vec![T::default(); if want_input { g.batch * image_in } else { 0 }];
-    // The image range of each group, with that group's planes of `dx` (empty when not wanted).
-    let mut work: Vec<(std::ops::Range<usize>, &mut [T])> = Vec::with_capacity(groups);
-    let mut rest = dx.as_mut_slice();
-    for group in 0..groups {
-        let images = group * group_len..((group + 1) * group_len).min(g.batch);
-        let len = if want_input {
-            images.len() * image_in
-        } else {
-            0
-        };
-        let (planes, tail) = std::mem::take(&mut rest).split_at_mut(len);
-        rest = tail;
-        work.push((images, planes));
-    }
-    let partials: Vec<Vec<T>> = work
-        .into_par_iter()
-        .map(|(images, dx_planes)| {
-            // Patches keep their zero padding entries image after image; the patch gradients are
-            // overwritten whole by each product.
-            let mut patches = vec![T::default(); if want_weight { k * positions } else { 0 }];
-            let mut dcol = vec![T::default(); if want_input { k * positions } else { 0 }];
-            let mut dw = vec![T::default(); if want_weight { g.channels_out * k } else { 0 }];
-            for (index, image) in images.clone().enumerate() {
-                let dy_image = dy[image * image_out..].as_ptr();
-                if want_weight {
-                    im2col_image_into(g, x, image, &mut patches);
-                    // SAFETY: `dw` is [Co, K], the image's output gradient [Co, positions] and
-                    // `patches` [K, positions] read as its transpose, all row-major.
-                    unsafe {
-                        product_with(
-                            false,
-                            [g.channels_out, k, positions],
-                            (dw.as_mut_ptr(), k as isize, 1),
-                            index > 0,
-                            (dy_image, positions as isize, 1),
-                            (patches.as_ptr(), 1, positions as isize),
-                        );
-                    }
-                }
-                if want_input {
-                    // SAFETY: `dcol` is [K, positions], `weight` [Co, K] read as its
-                    // transpose, and the image's output gradient [Co, positions].
-                    unsafe {
-                        product_with(
-                            false,
-                            [k, positions, g.channels_out],
-                            (dcol.as_mut_ptr(), positions as isize, 1),
-                            false,
-                            (weight.as_ptr(), 1, k as isize),
-                            (dy_image, positions as isize, 1),
-                        );
-                    }
-                    col2im_serial(g, &dcol, &mut dx_planes[index * image_in..][..image_in]);
-                }
-            }
-            dw
-        })
-        .collect();
-    let dw = want_weight.then(|| sum_in_order(partials, g.channels_out * k));
-    (want_input.then_some(dx), dw)
-}
-
-/// The element-wise sum of `parts` (zeros of length `len` when there are none), added in their
-/// order.
-fn sum_in_order<T: Element>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
-    let mut total = vec![T::default(); len];
-    for part in parts {
-        for (total, value) in total.iter_mut().zip(part) {
-            *total += value;
-        }
-    }
-    total
 }
 
 fn host_forward<T: Element>(g: &Geometry, x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
@@ -849,13 +515,16 @@ mod tests {
     }
 
     #[test]
-    fn matches_burn_on_a_patch_embedding_and_in_several_chunks() {
+    fn matches_burn_on_a_patch_embedding_and_on_both_paths_at_scale() {
         // Swin's 4x4 patches at stride 4 (with bias in the model, added outside the kernel).
         check_against_burn([2, 3, 16, 16], [8, 4, 4], [4, 4], [0, 0], 5);
-        // Enough images that the batch is cut into chunks: the weight gradient accumulates.
-        let g = dense([40, 64, 16, 16], [64, 64, 3, 3], [1, 1], [1, 1]);
-        assert!(g.chunk_images() < 40, "{}", g.chunk_images());
-        check_against_burn([40, 64, 16, 16], [64, 3, 3], [1, 1], [1, 1], 6);
+        // More images than groups: weight gradients summed within and across groups.
+        check_against_burn([40, 16, 9, 9], [16, 3, 3], [1, 1], [1, 1], 6);
+        // The deep layers of a CIFAR ResNet, tap by tap: 4x4 and 2x2 planes, strided 3x3 and 1x1.
+        check_against_burn([6, 32, 4, 4], [32, 3, 3], [1, 1], [1, 1], 7);
+        check_against_burn([6, 32, 2, 2], [32, 3, 3], [1, 1], [1, 1], 8);
+        check_against_burn([6, 16, 8, 8], [32, 3, 3], [2, 2], [1, 1], 9);
+        check_against_burn([6, 16, 8, 8], [32, 1, 1], [2, 2], [0, 0], 10);
     }
 
     proptest! {
@@ -907,8 +576,10 @@ mod tests {
     /// Central differences of `sum(conv(x, w) · probe)` in f64 against the kernel's gradients.
     #[test]
     fn gradients_match_finite_differences() {
-        // Small output planes (one product per chunk) and large ones (image by image).
+        // Small output planes (tap by tap, at strides 1 and 2) and large ones (image by image).
         check_finite_differences(dense([2, 3, 5, 4], [4, 3, 3, 2], [2, 1], [1, 1]));
+        check_finite_differences(dense([2, 2, 7, 5], [3, 2, 3, 3], [2, 2], [1, 1]));
+        check_finite_differences(dense([2, 2, 3, 3], [3, 2, 3, 3], [1, 1], [1, 1]));
         let by_image = dense([3, 2, 9, 8], [2, 2, 3, 3], [1, 1], [1, 1]);
         assert!(by_image.positions() >= DIRECT_POSITIONS);
         check_finite_differences(by_image);
@@ -948,17 +619,23 @@ mod tests {
     /// The same values bit for bit on one thread and on four.
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let g = dense([24, 32, 16, 16], [48, 32, 3, 3], [1, 1], [1, 1]);
-        let [x, w, dy] = operands(&g).map(|v| v.into_iter().map(|v| v as f32).collect::<Vec<_>>());
-        let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| (forward(&g, &x, &w), backward(&g, &x, &w, &dy, [true, true])))
-        };
-        let (one, four) = (run(1), run(4));
-        assert!(one.0 == four.0, "forward differs");
-        assert!(one.1 == four.1, "backward differs");
+        // Image by image, and tap by tap with products large enough to run in parallel.
+        for g in [
+            dense([24, 32, 16, 16], [48, 32, 3, 3], [1, 1], [1, 1]),
+            dense([64, 128, 4, 4], [128, 128, 3, 3], [1, 1], [1, 1]),
+        ] {
+            let [x, w, dy] =
+                operands(&g).map(|v| v.into_iter().map(|v| v as f32).collect::<Vec<_>>());
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| (forward(&g, &x, &w), backward(&g, &x, &w, &dy, [true, true])))
+            };
+            let (one, four) = (run(1), run(4));
+            assert!(one.0 == four.0, "forward differs on {g:?}");
+            assert!(one.1 == four.1, "backward differs on {g:?}");
+        }
     }
 }

@@ -1,0 +1,211 @@
+//! Convolutions with large output planes (8x8 and more), image by image through im2col.
+//!
+//! Images run in parallel, one thread each. An image's patch matrix `[C·kh·kw, positions]` is built
+//! from contiguous row copies of its NCHW planes into a buffer the thread reuses, and each pass is
+//! one product by the `gemm` crate:
+//!
+//! - forward: `out[Co, positions] = W[Co, K] · col[K, positions]`, straight into the image's block
+//!   of the NCHW output;
+//! - backward to the input: `dcol[K, positions] = Wᵀ · dy[Co, positions]` (the image's output
+//!   gradient is already that matrix), then col2im adds each patch back onto the image's planes;
+//! - backward to the weights: `dW[Co, K] += dy[Co, positions] · colᵀ`, summed per group of images
+//!   ([`IMAGE_GROUPS`] of them, whatever the thread count) and then over the groups in order, so
+//!   the result is the same on any number of threads.
+
+use rayon::prelude::*;
+
+use super::{Element, Geometry, product_with};
+
+/// Groups of images the backward pass runs in parallel, whatever the thread count.
+const IMAGE_GROUPS: usize = 16;
+
+/// The patch matrix of image `image` of `x` (`[C·kh·kw, positions]`) into `col`. Only the entries
+/// inside the image are written: the padding entries are the same for every image, so a buffer
+/// zeroed once can be reused image after image.
+fn im2col_into<T: Element>(g: &Geometry, x: &[T], image: usize, col: &mut [T]) {
+    let [kh, kw] = g.kernel;
+    let out_w = g.size_out[1];
+    for (row, col_row) in col.chunks_mut(g.positions()).enumerate() {
+        let (channel, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
+        let (rows_valid, cols_valid) = (g.valid_outputs(0, i), g.valid_outputs(1, j));
+        if cols_valid.is_empty() {
+            continue;
+        }
+        let plane = &x[(image * g.channels_in + channel) * g.plane_in()..][..g.plane_in()];
+        let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
+        for oh in rows_valid {
+            let ih = oh * g.stride[0] + i - g.padding[0];
+            let in_row = &plane[ih * g.size_in[1]..][..g.size_in[1]];
+            let out_row = &mut col_row[oh * out_w..][cols_valid.clone()];
+            if g.stride[1] == 1 {
+                out_row.copy_from_slice(&in_row[first_iw..][..cols_valid.len()]);
+            } else {
+                for (slot, &value) in out_row
+                    .iter_mut()
+                    .zip(in_row[first_iw..].iter().step_by(g.stride[1]))
+                {
+                    *slot = value;
+                }
+            }
+        }
+    }
+}
+
+/// Adds every column of `dcol` (`[C·kh·kw, positions]`, one image's patch gradients) back onto the
+/// input positions its patch came from, in `planes` (that image's `[C, H, W]`).
+fn col2im<T: Element>(g: &Geometry, dcol: &[T], planes: &mut [T]) {
+    let [kh, kw] = g.kernel;
+    let out_w = g.size_out[1];
+    for (channel, plane) in planes.chunks_mut(g.plane_in()).enumerate() {
+        for i in 0..kh {
+            let rows_valid = g.valid_outputs(0, i);
+            for j in 0..kw {
+                let cols_valid = g.valid_outputs(1, j);
+                if cols_valid.is_empty() {
+                    continue;
+                }
+                let row = (channel * kh + i) * kw + j;
+                let patch_plane = &dcol[row * g.positions()..][..g.positions()];
+                let first_iw = cols_valid.start * g.stride[1] + j - g.padding[1];
+                for oh in rows_valid.clone() {
+                    let ih = oh * g.stride[0] + i - g.padding[0];
+                    let in_row = &mut plane[ih * g.size_in[1]..][..g.size_in[1]];
+                    let values = &patch_plane[oh * out_w..][cols_valid.clone()];
+                    if g.stride[1] == 1 {
+                        for (slot, &value) in
+                            in_row[first_iw..][..values.len()].iter_mut().zip(values)
+                        {
+                            *slot += value;
+                        }
+                    } else {
+                        for (slot, &value) in in_row[first_iw..]
+                            .iter_mut()
+                            .step_by(g.stride[1])
+                            .zip(values)
+                        {
+                            *slot += value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
+pub(super) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
+    let (k, positions) = (g.patch_len(), g.positions());
+    let mut out = vec![T::default(); g.batch * g.channels_out * positions];
+    out.par_chunks_mut(g.channels_out * positions)
+        .enumerate()
+        .for_each_init(
+            || vec![T::default(); k * positions],
+            |col, (image, block)| {
+                im2col_into(g, x, image, col);
+                // SAFETY: `block` is [Co, positions], `weight` [Co, K] and `col` [K, positions],
+                // all row-major.
+                unsafe {
+                    product_with(
+                        false,
+                        [g.channels_out, positions, k],
+                        (block.as_mut_ptr(), positions as isize, 1),
+                        false,
+                        (weight.as_ptr(), k as isize, 1),
+                        (col.as_ptr(), positions as isize, 1),
+                    );
+                }
+            },
+        );
+    out
+}
+
+/// The gradients with respect to the input and to the weight (each only when wanted) for the
+/// output gradient `dy` (`[B, Co, Ho, Wo]`), in a fixed number of groups of images that run in
+/// parallel: each group accumulates its own weight gradient, and the groups' sums are added in
+/// group order.
+pub(super) fn backward<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    dy: &[T],
+    [want_input, want_weight]: [bool; 2],
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    let (k, positions) = (g.patch_len(), g.positions());
+    let image_in = g.channels_in * g.plane_in();
+    let image_out = g.channels_out * positions;
+    let group_len = g.batch.div_ceil(IMAGE_GROUPS).max(1);
+    let groups = g.batch.div_ceil(group_len);
+    let mut dx = vec![T::default(); if want_input { g.batch * image_in } else { 0 }];
+    // The image range of each group, with that group's planes of `dx` (empty when not wanted).
+    let mut work: Vec<(std::ops::Range<usize>, &mut [T])> = Vec::with_capacity(groups);
+    let mut rest = dx.as_mut_slice();
+    for group in 0..groups {
+        let images = group * group_len..((group + 1) * group_len).min(g.batch);
+        let len = if want_input {
+            images.len() * image_in
+        } else {
+            0
+        };
+        let (planes, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        work.push((images, planes));
+    }
+    let partials: Vec<Vec<T>> = work
+        .into_par_iter()
+        .map(|(images, dx_planes)| {
+            // Patches keep their zero padding entries image after image; the patch gradients are
+            // overwritten whole by each product.
+            let mut patches = vec![T::default(); if want_weight { k * positions } else { 0 }];
+            let mut dcol = vec![T::default(); if want_input { k * positions } else { 0 }];
+            let mut dw = vec![T::default(); if want_weight { g.channels_out * k } else { 0 }];
+            for (index, image) in images.clone().enumerate() {
+                let dy_image = dy[image * image_out..].as_ptr();
+                if want_weight {
+                    im2col_into(g, x, image, &mut patches);
+                    // SAFETY: `dw` is [Co, K], the image's output gradient [Co, positions] and
+                    // `patches` [K, positions] read as its transpose, all row-major.
+                    unsafe {
+                        product_with(
+                            false,
+                            [g.channels_out, k, positions],
+                            (dw.as_mut_ptr(), k as isize, 1),
+                            index > 0,
+                            (dy_image, positions as isize, 1),
+                            (patches.as_ptr(), 1, positions as isize),
+                        );
+                    }
+                }
+                if want_input {
+                    // SAFETY: `dcol` is [K, positions], `weight` [Co, K] read as its
+                    // transpose, and the image's output gradient [Co, positions].
+                    unsafe {
+                        product_with(
+                            false,
+                            [k, positions, g.channels_out],
+                            (dcol.as_mut_ptr(), positions as isize, 1),
+                            false,
+                            (weight.as_ptr(), 1, k as isize),
+                            (dy_image, positions as isize, 1),
+                        );
+                    }
+                    col2im(g, &dcol, &mut dx_planes[index * image_in..][..image_in]);
+                }
+            }
+            dw
+        })
+        .collect();
+    let dw = want_weight.then(|| sum_in_order(partials, g.channels_out * k));
+    (want_input.then_some(dx), dw)
+}
+
+/// The element-wise sum of `parts` (zeros of length `len` when there are none), added in their
+/// order.
+fn sum_in_order<T: Element>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut total = vec![T::default(); len];
+    for part in parts {
+        for (total, value) in total.iter_mut().zip(part) {
+            *total += value;
+        }
+    }
+    total
+}

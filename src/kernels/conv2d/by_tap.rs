@@ -1,0 +1,345 @@
+//! Convolutions with small output planes (the 2x2 and 4x4 layers of a CIFAR network), kernel tap
+//! by kernel tap on position-major operands.
+//!
+//! With the batch laid out as `[positions, images, channels]`, the output rows of one output row
+//! (or a whole plane) that a kernel tap `(i, j)` reaches from inside the image are contiguous, and so
+//! are the input rows they read. Each such run is one product with the tap's `[C, Co]` weights,
+//! accumulated into the output: `out[rows, Co] += x[rows', C] · W[:, :, i, j]ᵀ`. Nothing is copied
+//! into patches, and the products skip the padding, which im2col would multiply by: on a 2x2 plane a
+//! 3x3 kernel reaches the image with 4 of its 9 taps per position (44 % of im2col's work), on a 4x4
+//! plane 69 %. The products have `images · run` rows and the full channel counts as the other two
+//! sizes, large enough for `gemm`'s micro-kernels even when a plane has 4 positions.
+//!
+//! The backward passes reuse the same runs: the input gradient adds `dy[rows, Co] · W` onto the
+//! input rows, the weight gradient of a tap adds `dy[rows, Co]ᵀ · x[rows', C]`. Every run is added
+//! in the same order whatever the thread count (`gemm` splits rows and columns, never the shared
+//! dimension), so the results are reproducible.
+
+use rayon::prelude::*;
+
+use super::{Element, Geometry, product};
+
+/// Where each position of a plane lies in a position-major buffer: grouped by its phase modulo the
+/// stride first, then by its place within that phase. Positions one stride apart are then adjacent,
+/// so the positions a tap reads along an output row are contiguous at any stride.
+#[derive(Clone, Copy, Debug)]
+struct PhaseLayout {
+    size: [usize; 2],
+    stride: [usize; 2],
+    /// Rows and columns of each phase.
+    quotient: [usize; 2],
+}
+
+impl PhaseLayout {
+    fn new(size: [usize; 2], stride: [usize; 2]) -> Self {
+        let quotient = [size[0].div_ceil(stride[0]), size[1].div_ceil(stride[1])];
+        Self {
+            size,
+            stride,
+            quotient,
+        }
+    }
+
+    /// Positions of the buffer (the plane's, and the unused ones of phases that end early).
+    fn slots(&self) -> usize {
+        self.stride[0] * self.stride[1] * self.quotient[0] * self.quotient[1]
+    }
+
+    /// The slot of position `(h, w)`.
+    fn slot(&self, h: usize, w: usize) -> usize {
+        let [[sh, sw], [qh, qw]] = [self.stride, self.quotient];
+        let phase = (h % sh) * sw + w % sw;
+        (phase * qh + h / sh) * qw + w / sw
+    }
+
+    /// The position held in `slot`, if it is inside the plane.
+    fn position(&self, slot: usize) -> Option<[usize; 2]> {
+        let [[sh, sw], [qh, qw]] = [self.stride, self.quotient];
+        let phase = slot / (qh * qw);
+        let h = (slot / qw % qh) * sh + phase / sw;
+        let w = (slot % qw) * sw + phase % sw;
+        (h < self.size[0] && w < self.size[1]).then_some([h, w])
+    }
+}
+
+/// Output positions `out_position..out_position + positions` that kernel tap `tap` computes from
+/// the input slots `in_position..in_position + positions` (one product).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    tap: usize,
+    in_position: usize,
+    out_position: usize,
+    positions: usize,
+}
+
+/// Every run of `g` with the input in `layout`, tap by tap: one per output row, or one for the
+/// whole plane when the tap reads whole rows of its phase (the centre column of a same-size
+/// convolution, a strided 1x1 shortcut).
+fn runs(g: &Geometry, layout: &PhaseLayout) -> Vec<Run> {
+    let [kh, kw] = g.kernel;
+    let out_w = g.size_out[1];
+    let mut runs = Vec::new();
+    for i in 0..kh {
+        let rows = g.valid_outputs(0, i);
+        for j in 0..kw {
+            let cols = g.valid_outputs(1, j);
+            if rows.is_empty() || cols.is_empty() {
+                continue;
+            }
+            let tap = i * kw + j;
+            let first_column = cols.start * g.stride[1] + j - g.padding[1];
+            let in_slot =
+                |oh: usize| layout.slot(oh * g.stride[0] + i - g.padding[0], first_column);
+            let whole_rows =
+                cols.len() == out_w && out_w == layout.quotient[1] && first_column < g.stride[1];
+            if whole_rows {
+                runs.push(Run {
+                    tap,
+                    in_position: in_slot(rows.start),
+                    out_position: rows.start * out_w,
+                    positions: rows.len() * out_w,
+                });
+            } else {
+                runs.extend(rows.clone().map(|oh| Run {
+                    tap,
+                    in_position: in_slot(oh),
+                    out_position: oh * out_w + cols.start,
+                    positions: cols.len(),
+                }));
+            }
+        }
+    }
+    runs
+}
+
+/// `planes` (`[images, channels, H, W]`, NCHW) as `[slots, images, channels]` in `layout`.
+fn to_position_major<T: Element>(
+    planes: &[T],
+    [images, channels]: [usize; 2],
+    layout: &PhaseLayout,
+) -> Vec<T> {
+    let (plane, width) = (layout.size[0] * layout.size[1], layout.size[1]);
+    let mut rows = vec![T::default(); layout.slots() * images * channels];
+    rows.par_chunks_mut(images * channels)
+        .enumerate()
+        .for_each(|(slot, block)| {
+            if let Some([h, w]) = layout.position(slot) {
+                let position = h * width + w;
+                for (index, value) in block.iter_mut().enumerate() {
+                    *value = planes[index * plane + position];
+                }
+            }
+        });
+    rows
+}
+
+/// `rows` (`[slots, images, channels]` in `layout`) back as NCHW planes.
+fn from_position_major<T: Element>(
+    rows: &[T],
+    [images, channels]: [usize; 2],
+    layout: &PhaseLayout,
+) -> Vec<T> {
+    let [height, width] = layout.size;
+    let plane = height * width;
+    let mut planes = vec![T::default(); images * channels * plane];
+    planes
+        .par_chunks_mut(channels * plane)
+        .enumerate()
+        .for_each(|(image, block)| {
+            for h in 0..height {
+                for w in 0..width {
+                    let slot = layout.slot(h, w);
+                    let row = &rows[(slot * images + image) * channels..][..channels];
+                    for (channel, &value) in row.iter().enumerate() {
+                        block[channel * plane + h * width + w] = value;
+                    }
+                }
+            }
+        });
+    planes
+}
+
+/// The layouts of the input and of the output of `g`.
+fn layouts(g: &Geometry) -> [PhaseLayout; 2] {
+    [
+        PhaseLayout::new(g.size_in, g.stride),
+        PhaseLayout::new(g.size_out, [1, 1]),
+    ]
+}
+
+/// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
+pub(super) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
+    let (b, c, co) = (g.batch, g.channels_in, g.channels_out);
+    let taps = g.kernel[0] * g.kernel[1];
+    let [in_layout, out_layout] = layouts(g);
+    let x_rows = to_position_major(x, [b, c], &in_layout);
+    let mut out_rows = vec![T::default(); g.positions() * b * co];
+    for run in runs(g, &in_layout) {
+        // SAFETY: the run's input rows [positions·B, C] and output rows [positions·B, Co] lie in
+        // their position-major buffers (the runs stay inside both planes); the tap's weights are
+        // read as [C, Co] with strides (taps, C·taps) inside `weight`.
+        unsafe {
+            product(
+                [run.positions * b, co, c],
+                (
+                    out_rows[run.out_position * b * co..].as_mut_ptr(),
+                    co as isize,
+                    1,
+                ),
+                true,
+                (x_rows[run.in_position * b * c..].as_ptr(), c as isize, 1),
+                (
+                    weight[run.tap..].as_ptr(),
+                    taps as isize,
+                    (c * taps) as isize,
+                ),
+            );
+        }
+    }
+    from_position_major(&out_rows, [b, co], &out_layout)
+}
+
+/// The gradients with respect to the input and to the weight (each only when wanted) for the
+/// output gradient `dy` (`[B, Co, Ho, Wo]`).
+pub(super) fn backward<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    dy: &[T],
+    [want_input, want_weight]: [bool; 2],
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    let (b, c, co) = (g.batch, g.channels_in, g.channels_out);
+    let taps = g.kernel[0] * g.kernel[1];
+    let [in_layout, out_layout] = layouts(g);
+    let runs = runs(g, &in_layout);
+    let dy_rows = to_position_major(dy, [b, co], &out_layout);
+    let dx = want_input.then(|| {
+        let mut dx_rows = vec![T::default(); in_layout.slots() * b * c];
+        for run in &runs {
+            // SAFETY: as in `forward`, with the roles of input and output rows exchanged and the
+            // tap's weights read as [Co, C] (strides C·taps, taps).
+            unsafe {
+                product(
+                    [run.positions * b, c, co],
+                    (
+                        dx_rows[run.in_position * b * c..].as_mut_ptr(),
+                        c as isize,
+                        1,
+                    ),
+                    true,
+                    (
+                        dy_rows[run.out_position * b * co..].as_ptr(),
+                        co as isize,
+                        1,
+                    ),
+                    (
+                        weight[run.tap..].as_ptr(),
+                        (c * taps) as isize,
+                        taps as isize,
+                    ),
+                );
+            }
+        }
+        from_position_major(&dx_rows, [b, c], &in_layout)
+    });
+    let dw = want_weight.then(|| {
+        let x_rows = to_position_major(x, [b, c], &in_layout);
+        let mut dw = vec![T::default(); co * c * taps];
+        for run in &runs {
+            let rows = run.positions * b;
+            // SAFETY: the tap's gradient is [Co, C] with strides (C·taps, taps) inside `dw`; the
+            // run's output-gradient rows are read transposed as [Co, rows] and its input rows as
+            // [rows, C], both inside their position-major buffers.
+            unsafe {
+                product(
+                    [co, c, rows],
+                    (
+                        dw[run.tap..].as_mut_ptr(),
+                        (c * taps) as isize,
+                        taps as isize,
+                    ),
+                    true,
+                    (
+                        dy_rows[run.out_position * b * co..].as_ptr(),
+                        1,
+                        co as isize,
+                    ),
+                    (x_rows[run.in_position * b * c..].as_ptr(), c as isize, 1),
+                );
+            }
+        }
+        dw
+    });
+    (dx, dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::ops::ConvOptions;
+
+    use super::*;
+
+    fn geometry(x: [usize; 4], weight: [usize; 4], stride: usize, padding: usize) -> Geometry {
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        Geometry::new(&x, &weight, &options).unwrap()
+    }
+
+    fn all_runs(g: &Geometry) -> Vec<Run> {
+        runs(g, &layouts(g)[0])
+    }
+
+    /// Output positions reached by each tap, counted over the runs.
+    fn reached(g: &Geometry) -> usize {
+        all_runs(g).iter().map(|run| run.positions).sum()
+    }
+
+    #[test]
+    fn runs_cover_exactly_the_taps_inside_the_image() {
+        // 2x2, 3x3 kernel, same padding: each position sees 4 of the 9 taps.
+        assert_eq!(reached(&geometry([1, 1, 2, 2], [1, 1, 3, 3], 1, 1)), 16);
+        // 4x4: 10 of 12 tap rows per axis are inside, (10·10) reached positions.
+        assert_eq!(reached(&geometry([1, 1, 4, 4], [1, 1, 3, 3], 1, 1)), 100);
+        // The centre tap of a same-size convolution is one run over the whole plane.
+        let g = geometry([1, 1, 4, 4], [1, 1, 3, 3], 1, 1);
+        assert!(all_runs(&g).contains(&Run {
+            tap: 4,
+            in_position: 0,
+            out_position: 0,
+            positions: 16
+        }));
+        // 4x4 → 2x2 at stride 2: output 0 sees 2 of 3 taps per axis, output 1 all 3.
+        assert_eq!(reached(&geometry([1, 1, 4, 4], [1, 1, 3, 3], 2, 1)), 25);
+        // A 1x1 shortcut at stride 2 reads phase (0, 0) whole: one run.
+        assert_eq!(
+            all_runs(&geometry([1, 1, 8, 8], [1, 1, 1, 1], 2, 0)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn phase_layout_is_a_bijection_onto_the_plane() {
+        for (size, stride) in [([5, 4], [2, 1]), ([7, 7], [3, 2]), ([4, 4], [1, 1])] {
+            let layout = PhaseLayout::new(size, stride);
+            let mut seen = vec![false; layout.slots()];
+            for h in 0..size[0] {
+                for w in 0..size[1] {
+                    let slot = layout.slot(h, w);
+                    assert_eq!(layout.position(slot), Some([h, w]));
+                    assert!(!std::mem::replace(&mut seen[slot], true));
+                }
+            }
+            let unused = (0..layout.slots()).filter(|&slot| !seen[slot]);
+            assert!(unused.clone().all(|slot| layout.position(slot).is_none()));
+        }
+    }
+
+    #[test]
+    fn layouts_round_trip() {
+        let planes: Vec<f32> = (0..2 * 3 * 5 * 3).map(|v| v as f32).collect();
+        let layout = PhaseLayout::new([5, 3], [2, 2]);
+        let rows = to_position_major(&planes, [2, 3], &layout);
+        // Image 1, channel 2, position (3, 1): planes[((1·3 + 2)·5 + 3)·3 + 1].
+        assert_eq!(rows[(layout.slot(3, 1) * 2 + 1) * 3 + 2], planes[85]);
+        assert_eq!(from_position_major(&rows, [2, 3], &layout), planes);
+    }
+}
