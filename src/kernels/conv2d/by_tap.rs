@@ -276,8 +276,47 @@ pub(super) fn backward<T: Element>(
 #[cfg(test)]
 mod tests {
     use burn::tensor::ops::ConvOptions;
+    use proptest::prelude::*;
 
     use super::*;
+    use crate::kernels::conv2d::by_image;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// The same values and gradients as the image-by-image scheme (itself checked against
+        /// burn) on random shapes, strides and paddings, in f64.
+        #[test]
+        fn agrees_with_the_image_by_image_scheme(
+            batch in 1usize..5,
+            channels in (1usize..5, 1usize..5),
+            size in (1usize..8, 1usize..8),
+            kernel in (1usize..4, 1usize..4),
+            stride in (1usize..4, 1usize..4),
+            padding in (0usize..3, 0usize..3),
+            seed in 0u64..1000,
+        ) {
+            let options = ConvOptions::new([stride.0, stride.1], [padding.0, padding.1], [1, 1], 1);
+            let g = Geometry::new(
+                &[batch, channels.0, size.0, size.1],
+                &[channels.1, channels.0, kernel.0, kernel.1],
+                &options,
+            );
+            prop_assume!(g.is_some());
+            let g = g.unwrap();
+            let values = |len: usize, phase: u64| -> Vec<f64> {
+                (0..len).map(|i| ((i as f64 + 0.1) * 0.37 + (seed + phase) as f64).sin()).collect()
+            };
+            let x = values(batch * channels.0 * g.plane_in(), 0);
+            let w = values(g.channels_out * g.patch_len(), 1);
+            let dy = values(batch * g.channels_out * g.positions(), 2);
+            let close = |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-9);
+            prop_assert!(close(&forward(&g, &x, &w), &by_image::forward(&g, &x, &w)));
+            let (dx, dw) = backward(&g, &x, &w, &dy, [true, true]);
+            let (dx_ref, dw_ref) = by_image::backward(&g, &x, &w, &dy, [true, true]);
+            prop_assert!(close(&dx.unwrap(), &dx_ref.unwrap()));
+            prop_assert!(close(&dw.unwrap(), &dw_ref.unwrap()));
+        }
+    }
 
     fn geometry(x: [usize; 4], weight: [usize; 4], stride: usize, padding: usize) -> Geometry {
         let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);

@@ -36,8 +36,12 @@ mod by_image;
 mod by_tap;
 
 /// Output planes of at least this many positions go image by image through im2col
-/// ([`by_image`]); smaller ones tap by tap ([`by_tap`]).
+/// ([`by_image`]); smaller ones tap by tap ([`by_tap`]) when the batch has [`TAP_MIN_IMAGES`].
 const DIRECT_POSITIONS: usize = 64;
+/// Fewest images for the tap-by-tap scheme: its products have `images · run` rows, and with fewer
+/// images than this they are too thin to pay for packing each tap's weights (the eval forward at
+/// batch 1 took 2.6x longer tap by tap than image by image).
+const TAP_MIN_IMAGES: usize = 16;
 /// Products below this many multiply-adds run on one thread.
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
@@ -289,11 +293,16 @@ unsafe fn product_with<T: Element>(
 
 /// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
 fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
-    if g.positions() >= DIRECT_POSITIONS {
-        by_image::forward(g, x, weight)
-    } else {
+    if by_taps(g) {
         by_tap::forward(g, x, weight)
+    } else {
+        by_image::forward(g, x, weight)
     }
+}
+
+/// Whether `g` runs tap by tap (small planes, enough images) rather than image by image.
+fn by_taps(g: &Geometry) -> bool {
+    g.positions() < DIRECT_POSITIONS && g.batch >= TAP_MIN_IMAGES
 }
 
 /// The gradients with respect to the input and to the weight, each only when wanted.
@@ -304,10 +313,10 @@ fn backward<T: Element>(
     dy: &[T],
     wanted: [bool; 2],
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
-    if g.positions() >= DIRECT_POSITIONS {
-        by_image::backward(g, x, weight, dy, wanted)
-    } else {
+    if by_taps(g) {
         by_tap::backward(g, x, weight, dy, wanted)
+    } else {
+        by_image::backward(g, x, weight, dy, wanted)
     }
 }
 
@@ -521,10 +530,16 @@ mod tests {
         // More images than groups: weight gradients summed within and across groups.
         check_against_burn([40, 16, 9, 9], [16, 3, 3], [1, 1], [1, 1], 6);
         // The deep layers of a CIFAR ResNet, tap by tap: 4x4 and 2x2 planes, strided 3x3 and 1x1.
-        check_against_burn([6, 32, 4, 4], [32, 3, 3], [1, 1], [1, 1], 7);
-        check_against_burn([6, 32, 2, 2], [32, 3, 3], [1, 1], [1, 1], 8);
-        check_against_burn([6, 16, 8, 8], [32, 3, 3], [2, 2], [1, 1], 9);
-        check_against_burn([6, 16, 8, 8], [32, 1, 1], [2, 2], [0, 0], 10);
+        check_against_burn([16, 32, 4, 4], [32, 3, 3], [1, 1], [1, 1], 7);
+        check_against_burn([16, 32, 2, 2], [32, 3, 3], [1, 1], [1, 1], 8);
+        check_against_burn([16, 16, 8, 8], [32, 3, 3], [2, 2], [1, 1], 9);
+        check_against_burn([16, 16, 8, 8], [32, 1, 1], [2, 2], [0, 0], 10);
+        assert!(by_taps(&dense(
+            [16, 16, 8, 8],
+            [32, 16, 1, 1],
+            [2, 2],
+            [0, 0]
+        )));
     }
 
     proptest! {
@@ -576,17 +591,37 @@ mod tests {
     /// Central differences of `sum(conv(x, w) · probe)` in f64 against the kernel's gradients.
     #[test]
     fn gradients_match_finite_differences() {
-        // Small output planes (tap by tap, at strides 1 and 2) and large ones (image by image).
-        check_finite_differences(dense([2, 3, 5, 4], [4, 3, 3, 2], [2, 1], [1, 1]));
-        check_finite_differences(dense([2, 2, 7, 5], [3, 2, 3, 3], [2, 2], [1, 1]));
-        check_finite_differences(dense([2, 2, 3, 3], [3, 2, 3, 3], [1, 1], [1, 1]));
-        let by_image = dense([3, 2, 9, 8], [2, 2, 3, 3], [1, 1], [1, 1]);
-        assert!(by_image.positions() >= DIRECT_POSITIONS);
-        check_finite_differences(by_image);
+        // Small output planes by both schemes, at strides 1 and 2; a large one image by image.
+        for small in [
+            dense([2, 3, 5, 4], [4, 3, 3, 2], [2, 1], [1, 1]),
+            dense([2, 2, 7, 5], [3, 2, 3, 3], [2, 2], [1, 1]),
+            dense([2, 2, 3, 3], [3, 2, 3, 3], [1, 1], [1, 1]),
+        ] {
+            check_finite_differences(small, true);
+            check_finite_differences(small, false);
+        }
+        let large = dense([3, 2, 9, 8], [2, 2, 3, 3], [1, 1], [1, 1]);
+        assert!(large.positions() >= DIRECT_POSITIONS);
+        check_finite_differences(large, false);
     }
 
-    fn check_finite_differences(g: Geometry) {
+    /// Central differences against the gradients of the tap-by-tap scheme (`taps`) or of the
+    /// image-by-image one.
+    fn check_finite_differences(g: Geometry, taps: bool) {
         let [x, w, probe] = operands(&g);
+        type Forward = fn(&Geometry, &[f64], &[f64]) -> Vec<f64>;
+        type Backward = fn(
+            &Geometry,
+            &[f64],
+            &[f64],
+            &[f64],
+            [bool; 2],
+        ) -> (Option<Vec<f64>>, Option<Vec<f64>>);
+        let (forward, backward): (Forward, Backward) = if taps {
+            (by_tap::forward, by_tap::backward)
+        } else {
+            (by_image::forward, by_image::backward)
+        };
         let objective = |x: &[f64], w: &[f64]| -> f64 {
             forward(&g, x, w)
                 .iter()
