@@ -8,7 +8,7 @@
 //!
 //! | op | replaces | why (benchmark) |
 //! |---|---|---|
-//! | `conv2d` | `Conv2d::forward` and its backward passes for dense convolutions | image-by-image im2col products in parallel for planes of 64+ positions, one product per kernel tap over the whole batch for smaller ones (no patch matrix, no products with the padding), instead of flex's per-image products with a layout conversion per call (`cargo bench --bench conv_layers`, `cargo bench --bench train_step`) |
+//! | `conv2d` | `Conv2d::forward` and its backward passes for dense convolutions | image-by-image im2col products in parallel for planes of 64+ positions, one product per kernel tap over the whole batch for smaller ones in batches of 16+ images (no patch matrix, no products with the padding), instead of flex's per-image products with a layout conversion per call (`cargo bench --bench conv_layers`, `cargo bench --bench train_step`) |
 //! | `batch_norm` | `BatchNorm::forward` (training and eval) and its backward | two parallel passes each way instead of about ten generic ops with transposed copies (`cargo bench --bench batch_norm`) |
 //! | `column_order` | `argsort` along the rows in the distances | on the GPU backends a rank kernel on the device instead of burn's read-back, host sort and upload (no synchronisation in a training step, `tests/gpu.rs`); on `flex` integer-key sorts of the columns in parallel |
 //! | `projection` | `matmul` of point clouds by directions in the distances | the narrow `[n, d] × [d, L]` product split along `d` across threads, SIMD per processor (`cargo bench --bench mswd`) |

@@ -11,8 +11,9 @@
 //!
 //! - [`by_image`], planes of at least 64 positions (8x8 to 32x32): im2col image by image, images in
 //!   parallel, products straight into and out of the NCHW planes;
-//! - [`by_tap`], smaller planes: the batch laid out position-major, one product per kernel tap and
-//!   output row over all images, no patch matrix and no multiplications by the padding.
+//! - [`by_tap`], smaller planes in batches of 16+ images: the batch laid out position-major, one
+//!   product per kernel tap and output row over all images, no patch matrix and no multiplications
+//!   by the padding (smaller batches go image by image: their tap products would be too thin).
 //!
 //! Every output element is summed in a fixed order whatever the thread count (the products split
 //! rows and columns among threads, never the shared dimension; the image groups and the tap order
@@ -32,12 +33,13 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
+
 mod by_image;
 mod by_tap;
 
 /// Output planes of at least this many positions go image by image through im2col
 /// ([`by_image`]); smaller ones tap by tap ([`by_tap`]) when the batch has [`TAP_MIN_IMAGES`].
-const DIRECT_POSITIONS: usize = 64;
+const IMAGE_MIN_POSITIONS: usize = 64;
 /// Fewest images for the tap-by-tap scheme: its products have `images · run` rows, and with fewer
 /// images than this they are too thin to pay for packing each tap's weights (the eval forward at
 /// batch 1 took 2.6x longer tap by tap than image by image).
@@ -293,7 +295,7 @@ unsafe fn product_with<T: Element>(
 
 /// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
 fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
-    if by_taps(g) {
+    if runs_tap_by_tap(g) {
         by_tap::forward(g, x, weight)
     } else {
         by_image::forward(g, x, weight)
@@ -301,8 +303,8 @@ fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
 }
 
 /// Whether `g` runs tap by tap (small planes, enough images) rather than image by image.
-fn by_taps(g: &Geometry) -> bool {
-    g.positions() < DIRECT_POSITIONS && g.batch >= TAP_MIN_IMAGES
+fn runs_tap_by_tap(g: &Geometry) -> bool {
+    g.positions() < IMAGE_MIN_POSITIONS && g.batch >= TAP_MIN_IMAGES
 }
 
 /// The gradients with respect to the input and to the weight, each only when wanted.
@@ -313,7 +315,7 @@ fn backward<T: Element>(
     dy: &[T],
     wanted: [bool; 2],
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
-    if by_taps(g) {
+    if runs_tap_by_tap(g) {
         by_tap::backward(g, x, weight, dy, wanted)
     } else {
         by_image::backward(g, x, weight, dy, wanted)
@@ -534,7 +536,7 @@ mod tests {
         check_against_burn([16, 32, 2, 2], [32, 3, 3], [1, 1], [1, 1], 8);
         check_against_burn([16, 16, 8, 8], [32, 3, 3], [2, 2], [1, 1], 9);
         check_against_burn([16, 16, 8, 8], [32, 1, 1], [2, 2], [0, 0], 10);
-        assert!(by_taps(&dense(
+        assert!(runs_tap_by_tap(&dense(
             [16, 16, 8, 8],
             [32, 16, 1, 1],
             [2, 2],
@@ -601,7 +603,7 @@ mod tests {
             check_finite_differences(small, false);
         }
         let large = dense([3, 2, 9, 8], [2, 2, 3, 3], [1, 1], [1, 1]);
-        assert!(large.positions() >= DIRECT_POSITIONS);
+        assert!(large.positions() >= IMAGE_MIN_POSITIONS);
         check_finite_differences(large, false);
     }
 
