@@ -37,7 +37,7 @@ fn bench_spec(c: &mut Criterion, group_name: &str, spec: &ModelSpec) {
             ..TrainConfig::default()
         };
         let mut model = Some(spec.build(&device).unwrap());
-        let blocks = regulariser_weights(model.as_ref().unwrap(), &config);
+        let blocks = regulariser_weights(model.as_ref().unwrap(), &config).unwrap();
         let mut step = TrainingStep::new(&config, blocks, DirectionSampler::new(0), &device);
         let mut optimizer = build_optimizer(&config);
         let images = Tensor::<4>::random(

@@ -192,7 +192,7 @@ fn one_step(model: &Network, device: &Device) -> (Network, StepOutcome) {
         .collect();
     let images = Tensor::<4>::from_data(TensorData::new(pixels, [8, 3, 12, 12]), device);
     let labels = Tensor::<1, Int>::from_data([0, 1, 2, 3, 0, 1, 2, 3], device);
-    let weights = regulariser_weights(model, &config);
+    let weights = regulariser_weights(model, &config).unwrap();
     let mut step = TrainingStep::new(&config, weights, DirectionSampler::new(1), device);
     step.run(
         model.clone().fork(device),

@@ -188,7 +188,7 @@ fn one_step(config: &TrainConfig, model: &Network, lambda: f64) -> StepOutcome {
         .collect();
     let images = Tensor::<4>::from_data(TensorData::new(pixels, [8, 1, 12, 12]), &device);
     let labels = Tensor::<1, Int>::from_data([0, 1, 2, 3, 0, 1, 2, 3], &device);
-    let weights = regulariser_weights(model, config);
+    let weights = regulariser_weights(model, config).unwrap();
     let mut step = TrainingStep::new(config, weights, DirectionSampler::new(1), &device);
     step.run(
         model.clone(),
@@ -247,7 +247,7 @@ fn each_lever_changes_the_regulariser_as_documented() {
         block_weighting: BlockWeighting::Macs,
         ..base.clone()
     };
-    let weights = regulariser_weights(&model, &by_macs);
+    let weights = regulariser_weights(&model, &by_macs).unwrap();
     let macs: std::collections::BTreeMap<String, f64> = model
         .blocks()
         .into_iter()
@@ -263,6 +263,35 @@ fn each_lever_changes_the_regulariser_as_documented() {
         .map(|(name, d)| weights[name] * d)
         .collect();
     assert!((weighted.regulariser - mean(expected)).abs() < 1e-5);
+
+    // Block scales: one block's weight multiplied, the others untouched; an unknown block is an
+    // error that names the flag and the block.
+    let scaled = TrainConfig {
+        block_scales: [("layer1.0".to_string(), 3.0)].into(),
+        ..base.clone()
+    };
+    let weights = regulariser_weights(&model, &scaled).unwrap();
+    assert_eq!(weights["layer1.0"], 3.0);
+    assert!(
+        weights
+            .iter()
+            .all(|(name, w)| name == "layer1.0" || *w == 1.0)
+    );
+    let weighted = one_step(&scaled, &model, 2.0);
+    let expected = plain
+        .block_mswd
+        .iter()
+        .map(|(name, d)| weights[name] * d)
+        .collect();
+    assert!((weighted.regulariser - mean(expected)).abs() < 1e-5);
+    let unknown = TrainConfig {
+        block_scales: [("layer9.9".to_string(), 2.0)].into(),
+        ..base.clone()
+    };
+    let error = regulariser_weights(&model, &unknown)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--block-scale layer9.9"), "{error}");
 
     // Ascent: never below the best random direction, block by block.
     let ascent = one_step(

@@ -1,5 +1,7 @@
 //! Every setting of a training run, recorded in the run's `config.json`.
 
+use std::collections::BTreeMap;
+
 use crate::data::{Augmentation, DataSource};
 use crate::models::{Architecture, FeaturePairing, RemovalUnit, StemKind};
 use crate::ot::DirectionKind;
@@ -105,6 +107,10 @@ pub struct TrainConfig {
     /// How the blocks' distances are weighed in the regulariser.
     #[serde(default)]
     pub block_weighting: BlockWeighting,
+    /// Factors on single blocks' weights, after `block_weighting` (a block not named keeps
+    /// factor 1): a per-block λ.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub block_scales: BTreeMap<String, f64>,
     /// How the random directions are drawn.
     #[serde(default)]
     pub directions: DirectionKind,
@@ -152,6 +158,7 @@ impl Default for TrainConfig {
             p: crate::ot::DEFAULT_P,
             lambda_warmup: 0.0,
             block_weighting: BlockWeighting::Uniform,
+            block_scales: BTreeMap::new(),
             directions: DirectionKind::Random,
             ascent_steps: 0,
             squared: false,
@@ -268,6 +275,9 @@ impl TrainConfig {
         if self.block_weighting != defaults.block_weighting {
             flag("block-weighting", Some(value_name(&self.block_weighting)));
         }
+        for (block, factor) in &self.block_scales {
+            flag("block-scale", Some(format!("{block}={factor}")));
+        }
         if self.directions != defaults.directions {
             flag("directions", Some(value_name(&self.directions)));
         }
@@ -305,6 +315,10 @@ impl TrainConfig {
             .iter()
             .all(|m| finite(*m) && (0.0..=1.0).contains(m))
             && self.milestones.windows(2).all(|w| w[0] < w[1]);
+        let bad_scale = self
+            .block_scales
+            .iter()
+            .find(|(_, factor)| !(finite(**factor) && **factor >= 0.0));
         let problems = [
             (self.epochs == 0, "--epochs must be at least 1".to_string()),
             (
@@ -350,6 +364,14 @@ impl TrainConfig {
                     "--lambda-warmup must be a finite number of epochs >= 0, not {}",
                     self.lambda_warmup
                 ),
+            ),
+            (
+                bad_scale.is_some(),
+                bad_scale.map_or_else(String::new, |(block, factor)| {
+                    format!(
+                        "--block-scale {block}={factor}: the factor must be a finite number >= 0"
+                    )
+                }),
             ),
             (
                 self.ascent_steps > MAX_ASCENT_STEPS,
@@ -521,6 +543,14 @@ mod tests {
             },
             TrainConfig {
                 lambda: f64::NAN,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                block_scales: [("layer1.0".to_string(), -1.0)].into(),
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                block_scales: [("layer1.0".to_string(), f64::INFINITY)].into(),
                 ..TrainConfig::default()
             },
             TrainConfig {

@@ -331,6 +331,7 @@ pub fn train(
     let device = autodiff_device();
     device.seed(config.seed);
     let mut model = record.model.build(&device)?;
+    let block_weights = regulariser_weights(&model, config)?;
     let resume_from_checkpoint = start == RunStart::Resume && checkpoint::exists(&run.last());
     if let (Some(weights), false) = (&config.init_from, resume_from_checkpoint) {
         crate::models::weights::load_torch_weights(
@@ -405,7 +406,6 @@ pub fn train(
         );
     }
 
-    let block_weights = regulariser_weights(&model, config);
     let train_set = Arc::new(splits.train);
     let validation_set = Arc::new(splits.validation);
     let sampler =
@@ -830,12 +830,20 @@ pub fn regularised_blocks<N: BlockNetwork>(
 }
 
 /// The regularised blocks (see [`regularised_blocks`]) with the weight of each one's distance:
-/// 1 each, or with [`BlockWeighting::Macs`] the block's MACs over the mean of theirs.
+/// 1 each, or with [`BlockWeighting::Macs`] the block's MACs over the mean of theirs, times the
+/// block's factor in `config.block_scales`; an error naming a scaled block that is not regularised.
 pub fn regulariser_weights<N: BlockNetwork>(
     model: &N,
     config: &TrainConfig,
-) -> BTreeMap<String, f64> {
+) -> Result<BTreeMap<String, f64>, TrainError> {
     let names = regularised_blocks(model, config.regularised_blocks);
+    if let Some(unknown) = config.block_scales.keys().find(|b| !names.contains(*b)) {
+        let known: Vec<&str> = names.iter().map(String::as_str).collect();
+        return Err(TrainError::Config(format!(
+            "--block-scale {unknown}: not a regularised block of this model (regularised: {})",
+            known.join(", ")
+        )));
+    }
     let macs: BTreeMap<String, f64> = model
         .blocks()
         .into_iter()
@@ -843,16 +851,18 @@ pub fn regulariser_weights<N: BlockNetwork>(
         .map(|b| (b.name, b.macs as f64))
         .collect();
     let mean = macs.values().sum::<f64>() / macs.len().max(1) as f64;
-    macs.into_iter()
+    Ok(macs
+        .into_iter()
         .map(|(name, block_macs)| {
             let weight = match config.block_weighting {
                 BlockWeighting::Uniform => 1.0,
                 BlockWeighting::Macs if mean > 0.0 => block_macs / mean,
                 BlockWeighting::Macs => 1.0,
             };
-            (name, weight)
+            let factor = config.block_scales.get(&name).copied().unwrap_or(1.0);
+            (name, weight * factor)
         })
-        .collect()
+        .collect())
 }
 
 /// Accuracy and mean cross-entropy of `model` (in eval mode) on every image of `set`; an error if

@@ -137,6 +137,12 @@ pub struct TrainSettingsArgs {
     #[arg(long, value_enum, default_value = "uniform")]
     block_weighting: BlockWeighting,
 
+    /// Multiply one block's weight in the regulariser by FACTOR (after --block-weighting; repeat
+    /// the flag for several blocks), e.g. `--block-scale layer1.0=3` pulls `layer1.0` three times
+    /// as hard as the others: a per-block λ. The block must be regularised (see --blocks).
+    #[arg(long, value_name = "BLOCK=FACTOR", value_parser = parse_block_scale)]
+    block_scale: Vec<(String, f64)>,
+
     /// How the directions are drawn: random (independent, the paper's) or orthogonal
     /// (orthonormal groups, as in UnifOrtho).
     #[arg(long, value_enum, default_value = "random")]
@@ -175,6 +181,17 @@ pub struct TrainSettingsArgs {
     strip_prefix: Option<String>,
 }
 
+/// `BLOCK=FACTOR` of `--block-scale`.
+fn parse_block_scale(text: &str) -> Result<(String, f64), String> {
+    let (block, factor) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected BLOCK=FACTOR (e.g. layer1.0=3), not `{text}`"))?;
+    let factor: f64 = factor
+        .parse()
+        .map_err(|_| format!("the factor of `{text}` is not a number"))?;
+    Ok((block.to_string(), factor))
+}
+
 impl TrainSettingsArgs {
     /// The settings as the library takes them.
     pub fn config(&self) -> Result<TrainConfig> {
@@ -206,6 +223,7 @@ impl TrainSettingsArgs {
             p: self.p,
             lambda_warmup: self.lambda_warmup,
             block_weighting: self.block_weighting,
+            block_scales: self.block_scale.iter().cloned().collect(),
             directions: self.directions,
             ascent_steps: self.ascent_steps,
             squared: self.squared,
@@ -599,6 +617,11 @@ mod tests {
             p: 1.5,
             lambda_warmup: 1.5,
             block_weighting: BlockWeighting::Macs,
+            block_scales: [
+                ("features.3".to_string(), 2.5),
+                ("features.5".to_string(), 0.0),
+            ]
+            .into(),
             directions: DirectionKind::Orthogonal,
             ascent_steps: 3,
             squared: true,
