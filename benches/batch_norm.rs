@@ -9,7 +9,14 @@
 //! Each pass is the median of 7 runs after one warm-up, multiplied by how often the network has
 //! that shape. `bench/torch_batch_norm.py` times the same passes in PyTorch with the same table.
 //!
-//! `cargo bench --bench batch_norm` prints a Markdown table and one JSON line per implementation.
+//! A second table times the end of a basic block, `relu(bn(x) + residual)`, forward (training)
+//! and backward, as separate ops (lacoot's normalisation, then flex's addition and ReLU; backward
+//! flex's `relu_backward`, then lacoot's) against `lacoot::kernels::batch_norm_rectified`'s
+//! fused op (the addition and the ReLU in the normalisation's output pass; backward one parallel
+//! masking pass).
+//!
+//! `cargo bench --bench batch_norm` prints two Markdown tables and one JSON line per
+//! implementation.
 
 /// The allocator and setting the `lacoot` binary uses (see `lacoot::memory`).
 #[global_allocator]
@@ -18,10 +25,12 @@ static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 use std::time::Instant;
 
 use burn::backend::Dispatch;
+use burn::backend::ops::ActivationOps;
 use burn::backend::ops::ModuleOps;
 use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::{Distribution, Tensor};
 use lacoot::device::default_device;
+use lacoot::kernels::Rectifier;
 use lacoot::kernels::batch_norm::{NormOps, normalize_batch, normalize_batch_backward};
 
 const BATCH: usize = 128;
@@ -123,6 +132,62 @@ fn time_shape(channels: usize, size: usize, device: &burn::tensor::Device) -> [[
     [burn, lacoot]
 }
 
+/// `relu(bn(x) + residual)` of one shape, forward (training) and backward: separate ops, then
+/// fused.
+fn time_block_end(channels: usize, size: usize, device: &burn::tensor::Device) -> [[f64; 2]; 2] {
+    let shape = [BATCH, channels, size, size];
+    let random = |mean: f64| Tensor::<4>::random(shape, Distribution::Normal(mean, 2.0), device);
+    let (x, residual, output_grad) = (random(0.5), random(0.0), random(0.0));
+    let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.1), device);
+    let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.1), device);
+    let (normalized, mean, variance) =
+        normalize_batch(x.clone(), gamma.clone(), beta.clone(), EPSILON);
+    let output = burn::tensor::activation::relu(normalized + residual.clone());
+    let backward = |masked: Tensor<4>| {
+        normalize_batch_backward(
+            x.clone(),
+            gamma.clone(),
+            [mean.clone(), variance.clone()],
+            EPSILON,
+            masked,
+        )
+    };
+    let separate = [
+        median_ms(|| {
+            let (y, _, _) = normalize_batch(x.clone(), gamma.clone(), beta.clone(), EPSILON);
+            std::hint::black_box(burn::tensor::activation::relu(y + residual.clone()));
+        }),
+        median_ms(|| {
+            let masked = <Dispatch as ActivationOps<Dispatch>>::relu_backward(
+                output.clone().into_dispatch(),
+                output_grad.clone().into_dispatch(),
+            );
+            std::hint::black_box(backward(Tensor::from_dispatch(masked)));
+        }),
+    ];
+    let fused = [
+        median_ms(|| {
+            std::hint::black_box(<Dispatch as NormOps>::normalize_batch_residual_rectified(
+                x.clone().into_dispatch(),
+                gamma.clone().into_dispatch(),
+                beta.clone().into_dispatch(),
+                residual.clone().into_dispatch(),
+                Rectifier::Relu,
+                EPSILON,
+            ));
+        }),
+        median_ms(|| {
+            let masked = <Dispatch as NormOps>::rectifier_backward(
+                output.clone().into_dispatch(),
+                output_grad.clone().into_dispatch(),
+                Rectifier::Relu,
+            );
+            std::hint::black_box(backward(Tensor::from_dispatch(masked)));
+        }),
+    ];
+    [separate, fused]
+}
+
 fn main() {
     lacoot::memory::keep_freed_memory();
     let device = default_device();
@@ -153,6 +218,34 @@ fn main() {
         println!(
             "{{\"implementation\":\"{implementation}\",\"threads\":{threads},\"train_forward_ms\":{:.3},\"backward_ms\":{:.3},\"eval_forward_ms\":{:.3}}}",
             total[0], total[1], total[2]
+        );
+    }
+
+    println!();
+    println!("relu(bn(x) + residual), batch {BATCH}, {threads} threads: separate / fused, ms");
+    println!("| shape | count | train forward | backward |");
+    println!("|---|---:|---:|---:|");
+    let mut totals = [[0.0f64; 2]; 2];
+    for (name, channels, size, count) in SHAPES {
+        let times = time_block_end(channels, size, &device);
+        let cells: Vec<String> = (0..2)
+            .map(|pass| format!("{:.2} / {:.2}", times[0][pass], times[1][pass]))
+            .collect();
+        println!("| {name} | {count} | {} |", cells.join(" | "));
+        for (total, time) in totals.iter_mut().zip(&times) {
+            for pass in 0..2 {
+                total[pass] += time[pass] * count as f64;
+            }
+        }
+    }
+    let cells: Vec<String> = (0..2)
+        .map(|pass| format!("**{:.1} / {:.1}**", totals[0][pass], totals[1][pass]))
+        .collect();
+    println!("| **network** | | {} |", cells.join(" | "));
+    for (implementation, total) in ["separate", "fused"].iter().zip(&totals) {
+        println!(
+            "{{\"block_end\":\"{implementation}\",\"threads\":{threads},\"train_forward_ms\":{:.3},\"backward_ms\":{:.3}}}",
+            total[0], total[1]
         );
     }
 }

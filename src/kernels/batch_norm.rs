@@ -23,9 +23,9 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::BatchNorm;
@@ -73,6 +73,70 @@ pub trait NormOps: Backend {
         (result.x_grad, result.gamma_grad, result.beta_grad)
     }
 
+    /// `rectifier(normalize_batch(x))` in one pass over the output, with the batch statistics as
+    /// [`NormOps::normalize_batch`] returns them.
+    fn normalize_batch_rectified(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        generic_rectified::<Self>(x, gamma, beta, None, rectifier, epsilon)
+    }
+
+    /// `rectifier(normalize_batch(x) + residual)` in one pass over the output.
+    fn normalize_batch_residual_rectified(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        generic_rectified::<Self>(x, gamma, beta, Some(residual), rectifier, epsilon)
+    }
+
+    /// The gradient through `rectifier` given its `output`: `output_grad` where the rectifier
+    /// passes its input on, 0 where it clamps.
+    fn rectifier_backward(
+        output: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        rectifier: Rectifier,
+    ) -> FloatTensor<Self> {
+        rectifier.backward_generic::<Self>(output, output_grad)
+    }
+
+    /// `rectifier(normalize_with_statistics(x))` in one pass (eval mode).
+    fn normalize_with_statistics_rectified(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let output = Self::normalize_with_statistics(x, gamma, beta, mean, variance, epsilon);
+        rectifier.apply_generic::<Self>(output)
+    }
+
+    /// `rectifier(normalize_with_statistics(x) + residual)` in one pass (eval mode).
+    #[allow(clippy::too_many_arguments)]
+    fn normalize_with_statistics_residual_rectified(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let output = Self::normalize_with_statistics(x, gamma, beta, mean, variance, epsilon);
+        rectifier.apply_generic::<Self>(Self::float_add(output, residual))
+    }
+
     /// Normalises `x` with given statistics (eval mode): `(x − mean)/√(variance + ε)·γ + β`.
     fn normalize_with_statistics(
         x: FloatTensor<Self>,
@@ -86,25 +150,159 @@ pub trait NormOps: Backend {
     }
 }
 
+/// [`NormOps::normalize_batch`], the residual and the rectifier as separate ops of backend `B`.
+fn generic_rectified<B: Backend + NormOps>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    residual: Option<FloatTensor<B>>,
+    rectifier: Rectifier,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (output, mean, variance) = B::normalize_batch(x, gamma, beta, epsilon);
+    let output = match residual {
+        Some(residual) => B::float_add(output, residual),
+        None => output,
+    };
+    (rectifier.apply_generic::<B>(output), mean, variance)
+}
+
+fn relu<T: Element>(value: T) -> T {
+    let zero = T::from_f64(0.0);
+    if value > zero || value.is_nan() {
+        value
+    } else {
+        zero
+    }
+}
+
+fn relu6<T: Element>(value: T) -> T {
+    let six = T::from_f64(6.0);
+    let value = relu(value);
+    if value > six { six } else { value }
+}
+
+fn relu_passes<T: Element>(output: T) -> bool {
+    output > T::from_f64(0.0) || output.is_nan()
+}
+
+fn relu6_passes<T: Element>(output: T) -> bool {
+    (output > T::from_f64(0.0) && output < T::from_f64(6.0)) || output.is_nan()
+}
+
+/// The activation that [`batch_norm_rectified`] fuses after a normalisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rectifier {
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`, MobileNetV2's activation.
+    Relu6,
+}
+
+impl Rectifier {
+    /// The activation by burn's ops of backend `B`.
+    fn apply_generic<B: Backend>(self, x: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            Self::Relu => B::relu(x),
+            Self::Relu6 => B::float_clamp(x, 0f32.into(), 6f32.into()),
+        }
+    }
+
+    /// The gradient through the activation by burn's ops of backend `B`: `grad` where
+    /// [`Rectifier::passes`], else 0 (for ReLU6 the mask `6 − output > 0` is a second ReLU's).
+    fn backward_generic<B: Backend>(
+        self,
+        output: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let passed = B::relu_backward(output.clone(), grad);
+        match self {
+            Self::Relu => passed,
+            Self::Relu6 => {
+                let headroom = B::float_neg(B::float_sub_scalar(output, 6f32.into()));
+                B::relu_backward(headroom, passed)
+            }
+        }
+    }
+}
+
 /// `bn.forward(input)`, through lacoot's kernels: the same training/eval choice as burn's
 /// `BatchNorm::forward` (batch statistics on an autodiff device while the layer trains, running
 /// statistics otherwise) and the same update of the running statistics.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, input: Tensor<D>) -> Tensor<D> {
+    normalize(bn, input, None)
+}
+
+/// `rectifier(bn.forward(input) + residual)` (the residual optional) as one op: one pass over the
+/// output forward and one masking pass backward instead of a pass for each of the addition and
+/// the activation, each way (`cargo bench --bench batch_norm`). The same values as the three ops
+/// in sequence.
+pub fn batch_norm_rectified<const D: usize>(
+    bn: &BatchNorm,
+    input: Tensor<D>,
+    residual: Option<Tensor<D>>,
+    rectifier: Rectifier,
+) -> Tensor<D> {
+    normalize(bn, input, Some((residual, rectifier)))
+}
+
+/// [`batch_norm`], with the epilogue of [`batch_norm_rectified`] when one is given.
+fn normalize<const D: usize>(
+    bn: &BatchNorm,
+    input: Tensor<D>,
+    epilogue: Option<(Option<Tensor<D>>, Rectifier)>,
+) -> Tensor<D> {
     let device = input.device();
+    let (gamma, beta) = (
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+    );
     if !(device.is_autodiff() && bn.training.is_enabled()) {
-        let mean = bn.running_mean.value().to_device(&device);
-        let variance = bn.running_var.value().to_device(&device);
-        return Tensor::from_dispatch(<Dispatch as NormOps>::normalize_with_statistics(
-            input.into_dispatch(),
-            bn.gamma.val().into_dispatch(),
-            bn.beta.val().into_dispatch(),
-            mean.into_dispatch(),
-            variance.into_dispatch(),
-            bn.epsilon,
-        ));
+        let mean = bn.running_mean.value().to_device(&device).into_dispatch();
+        let variance = bn.running_var.value().to_device(&device).into_dispatch();
+        let x = input.into_dispatch();
+        return Tensor::from_dispatch(match epilogue {
+            None => <Dispatch as NormOps>::normalize_with_statistics(
+                x, gamma, beta, mean, variance, bn.epsilon,
+            ),
+            Some((None, rectifier)) => <Dispatch as NormOps>::normalize_with_statistics_rectified(
+                x, gamma, beta, mean, variance, rectifier, bn.epsilon,
+            ),
+            Some((Some(residual), rectifier)) => {
+                <Dispatch as NormOps>::normalize_with_statistics_residual_rectified(
+                    x,
+                    gamma,
+                    beta,
+                    mean,
+                    variance,
+                    residual.into_dispatch(),
+                    rectifier,
+                    bn.epsilon,
+                )
+            }
+        });
     }
-    let (output, mean, variance) =
-        normalize_batch(input, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    let x = input.into_dispatch();
+    let (output, mean, variance) = match epilogue {
+        None => <Dispatch as NormOps>::normalize_batch(x, gamma, beta, bn.epsilon),
+        Some((None, rectifier)) => {
+            <Dispatch as NormOps>::normalize_batch_rectified(x, gamma, beta, rectifier, bn.epsilon)
+        }
+        Some((Some(residual), rectifier)) => {
+            <Dispatch as NormOps>::normalize_batch_residual_rectified(
+                x,
+                gamma,
+                beta,
+                residual.into_dispatch(),
+                rectifier,
+                bn.epsilon,
+            )
+        }
+    };
+    let (mean, variance) = (
+        Tensor::<1>::from_dispatch(mean),
+        Tensor::<1>::from_dispatch(variance),
+    );
     let momentum = bn.momentum;
     let running = |state: Tensor<1>, batch: Tensor<1>| {
         state
@@ -117,7 +315,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, input: Tensor<D>) -> Tensor<D>
         .update(running(bn.running_mean.value_sync(), mean.detach()));
     bn.running_var
         .update(running(bn.running_var.value_sync(), variance.detach()));
-    output
+    Tensor::from_dispatch(output)
 }
 
 /// [`NormOps::normalize_batch`] on tensors: the output, the batch mean and the biased variance.
@@ -171,13 +369,18 @@ trait Element:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Div<Output = Self>
+    + PartialOrd
 {
+    fn is_nan(self) -> bool;
     fn to_f64(self) -> f64;
     fn from_f64(value: f64) -> Self;
     fn sqrt(self) -> Self;
 }
 
 impl Element for f32 {
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
@@ -190,6 +393,9 @@ impl Element for f32 {
 }
 
 impl Element for f64 {
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
     fn to_f64(self) -> f64 {
         self
     }
@@ -325,13 +531,18 @@ fn affine_planes<T: Element>(layout: Layout, x: &[T], y: &[T], per_channel: &[Af
     })
 }
 
+/// The residual and the activation [`normalize_planes`] applies after the normalisation.
+type Epilogue<'a, T> = Option<(Option<&'a [T]>, Rectifier)>;
+
 /// `(x − mean)/σ·γ + β` plane by plane with `σ = √(variance + ε)`, each step rounded in `T` as
-/// burn's `batch_norm` rounds it, so that the output is burn's to the bit for the same statistics.
+/// burn's `batch_norm` rounds it, so that the output is burn's to the bit for the same statistics;
+/// then, with an epilogue, `rectifier(· + residual)`, rounded as burn's addition and activation.
 fn normalize_planes<T: Element>(
     layout: Layout,
     x: &[T],
     [mean, variance, gamma, beta]: [&[f64]; 4],
     epsilon: f64,
+    epilogue: Epilogue<'_, T>,
 ) -> Vec<T> {
     let per_channel: Vec<[T; 4]> = (0..layout.channels)
         .map(|c| {
@@ -343,10 +554,65 @@ fn normalize_planes<T: Element>(
     fill_planes(layout, x.len(), |plane, start, out| {
         let [mean, std, gamma, beta] = per_channel[plane % layout.channels];
         let x = &x[start..][..out.len()];
-        for (out, &x) in out.iter_mut().zip(x) {
-            *out = (x - mean) / std * gamma + beta;
+        let normalized = |x: T| (x - mean) / std * gamma + beta;
+        let residual = epilogue.and_then(|(residual, _)| residual);
+        let residual = residual.map(|r| &r[start..][..out.len()]);
+        match epilogue.map(|(_, rectifier)| rectifier) {
+            None => fill_normalized(out, x, None, normalized, |v| v),
+            Some(Rectifier::Relu) => fill_normalized(out, x, residual, normalized, relu),
+            Some(Rectifier::Relu6) => fill_normalized(out, x, residual, normalized, relu6),
         }
     })
+}
+
+/// `out[i] = activation(normalize(x[i]) [+ residual[i]])`, monomorphic per activation so that
+/// the loop vectorises.
+fn fill_normalized<T: Element>(
+    out: &mut [T],
+    x: &[T],
+    residual: Option<&[T]>,
+    normalize: impl Fn(T) -> T,
+    activation: impl Fn(T) -> T,
+) {
+    match residual {
+        None => {
+            for (out, &x) in out.iter_mut().zip(x) {
+                *out = activation(normalize(x));
+            }
+        }
+        Some(residual) => {
+            for ((out, &x), &r) in out.iter_mut().zip(x).zip(residual) {
+                *out = activation(normalize(x) + r);
+            }
+        }
+    }
+}
+
+/// Zeroes `grad` where `rectifier` clamped its input to make `output`, in parallel.
+fn mask_rectified<T: Element>(output: &[T], grad: &mut [T], rectifier: Rectifier) {
+    match rectifier {
+        Rectifier::Relu => mask_where(output, grad, relu_passes),
+        Rectifier::Relu6 => mask_where(output, grad, relu6_passes),
+    }
+}
+
+/// `grad[i] = if passes(output[i]) { grad[i] } else { 0 }` as a select, so that it vectorises.
+fn mask_where<T: Element>(output: &[T], grad: &mut [T], passes: impl Fn(T) -> bool + Sync) {
+    let zero = T::from_f64(0.0);
+    grad.par_chunks_mut(PARALLEL_GRAIN)
+        .zip(output.par_chunks(PARALLEL_GRAIN))
+        .for_each(|(grad, output)| {
+            for (grad, &output) in grad.iter_mut().zip(output) {
+                *grad = if passes(output) { *grad } else { zero };
+            }
+        });
+}
+
+/// The masked gradient as a new vector: one parallel select pass over a fresh buffer.
+fn masked_copy<T: Element>(output: &[T], grad: &[T], rectifier: Rectifier) -> Vec<T> {
+    let mut masked = grad.to_vec();
+    mask_rectified(output, &mut masked, rectifier);
+    masked
 }
 
 fn host_values<T: Element>(tensor: &FlexTensor) -> Vec<f64> {
@@ -369,18 +635,45 @@ fn host_channel_tensor<T: Element>(values: impl Iterator<Item = f64>) -> FlexTen
     host_tensor(values, &[len])
 }
 
+/// The residual and the activation of a fused call, as flex tensors.
+type HostEpilogue<'a> = Option<(Option<&'a FlexTensor>, Rectifier)>;
+
+/// Runs `f` with the epilogue's residual as a contiguous slice of `T`.
+fn with_epilogue<T: Element, R>(
+    epilogue: HostEpilogue<'_>,
+    f: impl FnOnce(Epilogue<'_, T>) -> R,
+) -> R {
+    match epilogue {
+        None => f(None),
+        Some((None, rectifier)) => f(Some((None, rectifier))),
+        Some((Some(residual), rectifier)) => {
+            let residual = residual.to_contiguous();
+            let values = residual.as_slice::<T>().expect("checked element type");
+            f(Some((Some(values), rectifier)))
+        }
+    }
+}
+
 fn host_normalize_batch<T: Element>(
     layout: Layout,
     x: &FlexTensor,
-    gamma: &FlexTensor,
-    beta: &FlexTensor,
+    [gamma, beta]: [&FlexTensor; 2],
     epsilon: f64,
+    epilogue: HostEpilogue<'_>,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let x = x.to_contiguous();
     let values = x.as_slice::<T>().expect("checked element type");
     let (mean, variance) = statistics(layout, values);
     let (gamma, beta) = (host_values::<T>(gamma), host_values::<T>(beta));
-    let output = normalize_planes(layout, values, [&mean, &variance, &gamma, &beta], epsilon);
+    let output = with_epilogue::<T, _>(epilogue, |epilogue| {
+        normalize_planes(
+            layout,
+            values,
+            [&mean, &variance, &gamma, &beta],
+            epsilon,
+            epilogue,
+        )
+    });
     (
         host_tensor(output, x.shape().as_slice()),
         host_channel_tensor::<T>(mean.into_iter()),
@@ -452,14 +745,57 @@ fn host_normalize_with_statistics<T: Element>(
     x: &FlexTensor,
     [gamma, beta, mean, variance]: [&FlexTensor; 4],
     epsilon: f64,
+    epilogue: HostEpilogue<'_>,
 ) -> FlexTensor {
     let x = x.to_contiguous();
     let values = x.as_slice::<T>().expect("checked element type");
     let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(host_values::<T>);
-    host_tensor(
-        normalize_planes(layout, values, [&mean, &variance, &gamma, &beta], epsilon),
-        x.shape().as_slice(),
-    )
+    let output = with_epilogue::<T, _>(epilogue, |epilogue| {
+        normalize_planes(
+            layout,
+            values,
+            [&mean, &variance, &gamma, &beta],
+            epsilon,
+            epilogue,
+        )
+    });
+    host_tensor(output, x.shape().as_slice())
+}
+
+/// The masked gradient, written over `output_grad` when nothing else holds it (as flex's own
+/// element-wise ops do), into a copy otherwise.
+fn host_rectifier_backward<T: Element>(
+    output: &FlexTensor,
+    output_grad: FlexTensor,
+    rectifier: Rectifier,
+) -> FlexTensor {
+    let output = output.to_contiguous();
+    let output_values = output.as_slice::<T>().expect("checked element type");
+    // `to_contiguous` shares the buffer even when it copies nothing: keep the tensor itself.
+    let mut grad = if output_grad.is_contiguous() {
+        output_grad
+    } else {
+        output_grad.to_contiguous()
+    };
+    match grad.try_storage_mut::<T>() {
+        Some(values) if values.len() == output_values.len() => {
+            mask_rectified(output_values, values, rectifier);
+            grad
+        }
+        _ => {
+            let values = grad
+                .as_slice::<T>()
+                .expect("contiguous, checked element type");
+            let masked = masked_copy(output_values, values, rectifier);
+            host_tensor(masked, output.shape().as_slice())
+        }
+    }
+}
+
+/// Whether `residual` (when there is one) has the shape and element type of `x`, so that the
+/// host kernels can add it.
+fn residual_fits(x: &FlexTensor, residual: Option<&FlexTensor>) -> bool {
+    residual.is_none_or(|r| r.shape() == x.shape() && r.dtype() == x.dtype())
 }
 
 /// The layout of `x` when every tensor has `x`'s element type (f32 or f64), `x` has at least one
@@ -486,11 +822,14 @@ impl NormOps for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        match host_layout(&x, &[&gamma, &beta]) {
+        let per_channel = [&gamma, &beta];
+        match host_layout(&x, &per_channel) {
             Some((layout, DType::F32)) => {
-                host_normalize_batch::<f32>(layout, &x, &gamma, &beta, epsilon)
+                host_normalize_batch::<f32>(layout, &x, per_channel, epsilon, None)
             }
-            Some((layout, _)) => host_normalize_batch::<f64>(layout, &x, &gamma, &beta, epsilon),
+            Some((layout, _)) => {
+                host_normalize_batch::<f64>(layout, &x, per_channel, epsilon, None)
+            }
             None => {
                 let result = Flex::batch_norm_train(x, gamma, beta, epsilon);
                 (result.output, result.mean, result.variance)
@@ -523,6 +862,43 @@ impl NormOps for Flex {
         }
     }
 
+    fn normalize_batch_rectified(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        flex_rectified(x, [gamma, beta], None, rectifier, epsilon)
+    }
+
+    fn normalize_batch_residual_rectified(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        residual: FlexTensor,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        flex_rectified(x, [gamma, beta], Some(residual), rectifier, epsilon)
+    }
+
+    fn rectifier_backward(
+        output: FlexTensor,
+        output_grad: FlexTensor,
+        rectifier: Rectifier,
+    ) -> FlexTensor {
+        let same = output.shape() == output_grad.shape() && output.dtype() == output_grad.dtype();
+        match output.dtype() {
+            // flex's own ReLU backward is one vectorised pass that reuses the gradient's buffer:
+            // as fast as the masking here (`cargo bench --bench batch_norm`).
+            _ if rectifier == Rectifier::Relu => Flex::relu_backward(output, output_grad),
+            DType::F32 if same => host_rectifier_backward::<f32>(&output, output_grad, rectifier),
+            DType::F64 if same => host_rectifier_backward::<f64>(&output, output_grad, rectifier),
+            _ => rectifier.backward_generic::<Self>(output, output_grad),
+        }
+    }
+
     fn normalize_with_statistics(
         x: FlexTensor,
         gamma: FlexTensor,
@@ -534,10 +910,88 @@ impl NormOps for Flex {
         let stats = [&gamma, &beta, &mean, &variance];
         match host_layout(&x, &stats) {
             Some((layout, DType::F32)) => {
-                host_normalize_with_statistics::<f32>(layout, &x, stats, epsilon)
+                host_normalize_with_statistics::<f32>(layout, &x, stats, epsilon, None)
             }
-            Some((layout, _)) => host_normalize_with_statistics::<f64>(layout, &x, stats, epsilon),
+            Some((layout, _)) => {
+                host_normalize_with_statistics::<f64>(layout, &x, stats, epsilon, None)
+            }
             None => Flex::batch_norm(x, gamma, beta, mean, variance, epsilon),
+        }
+    }
+
+    fn normalize_with_statistics_rectified(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> FlexTensor {
+        flex_eval_rectified(x, [gamma, beta, mean, variance], None, rectifier, epsilon)
+    }
+
+    fn normalize_with_statistics_residual_rectified(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        residual: FlexTensor,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let stats = [gamma, beta, mean, variance];
+        flex_eval_rectified(x, stats, Some(residual), rectifier, epsilon)
+    }
+}
+
+/// The fused training-mode normalisation on `flex`: the host kernels when the shapes and element
+/// types allow, burn's ops otherwise.
+fn flex_rectified(
+    x: FlexTensor,
+    [gamma, beta]: [FlexTensor; 2],
+    residual: Option<FlexTensor>,
+    rectifier: Rectifier,
+    epsilon: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let per_channel = [&gamma, &beta];
+    let epilogue = Some((residual.as_ref(), rectifier));
+    match host_layout(&x, &per_channel).filter(|_| residual_fits(&x, residual.as_ref())) {
+        Some((layout, DType::F32)) => {
+            host_normalize_batch::<f32>(layout, &x, per_channel, epsilon, epilogue)
+        }
+        Some((layout, _)) => {
+            host_normalize_batch::<f64>(layout, &x, per_channel, epsilon, epilogue)
+        }
+        None => generic_rectified::<Flex>(x, gamma, beta, residual, rectifier, epsilon),
+    }
+}
+
+/// The fused eval-mode normalisation on `flex`, as [`flex_rectified`].
+fn flex_eval_rectified(
+    x: FlexTensor,
+    [gamma, beta, mean, variance]: [FlexTensor; 4],
+    residual: Option<FlexTensor>,
+    rectifier: Rectifier,
+    epsilon: f64,
+) -> FlexTensor {
+    let stats = [&gamma, &beta, &mean, &variance];
+    let epilogue = Some((residual.as_ref(), rectifier));
+    match host_layout(&x, &stats).filter(|_| residual_fits(&x, residual.as_ref())) {
+        Some((layout, DType::F32)) => {
+            host_normalize_with_statistics::<f32>(layout, &x, stats, epsilon, epilogue)
+        }
+        Some((layout, _)) => {
+            host_normalize_with_statistics::<f64>(layout, &x, stats, epsilon, epilogue)
+        }
+        None => {
+            let output = Flex::batch_norm(x, gamma, beta, mean, variance, epsilon);
+            let output = match residual {
+                Some(residual) => Flex::float_add(output, residual),
+                None => output,
+            };
+            rectifier.apply_generic::<Flex>(output)
         }
     }
 }
@@ -572,6 +1026,87 @@ impl<B: Backend + NormOps> Backward<B, 3> for NormalizeBatchBackward {
             }
         }
     }
+}
+
+/// What [`NormalizeRectifiedBackward`] keeps: the input, γ, the batch mean and variance, the
+/// output, the rectifier and ε.
+type RectifiedState<B> = ([FloatTensor<B>; 5], Rectifier, f64);
+
+/// The backward pass of [`NormOps::normalize_batch_rectified`], over the input, γ, β and (with
+/// `N` = 4) the residual: the output gradient masked by the rectifier is the residual's gradient
+/// and goes through the normalisation's backward for the other three.
+#[derive(Debug)]
+struct NormalizeRectifiedBackward;
+
+impl<B: Backend + NormOps, const N: usize> Backward<B, N> for NormalizeRectifiedBackward {
+    type State = RectifiedState<B>;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let mut parents = ops.parents.into_iter();
+        let [x_node, gamma_node, beta_node, residual_node] =
+            std::array::from_fn(|_| parents.next().flatten());
+        let output_grad = grads.consume::<B>(&ops.node);
+        let ([x, gamma, mean, variance, output], rectifier, epsilon) = ops.state;
+        let masked = B::rectifier_backward(output, output_grad, rectifier);
+        if let Some(node) = residual_node {
+            grads.register::<B>(node.id, masked.clone());
+        }
+        let (x_grad, gamma_grad, beta_grad) =
+            B::normalize_batch_backward(x, gamma, mean, variance, epsilon, masked);
+        for (node, grad) in [
+            (x_node, x_grad),
+            (gamma_node, gamma_grad),
+            (beta_node, beta_grad),
+        ] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// [`NormOps::normalize_batch_rectified`] on the autodiff backend, with the parents' nodes.
+fn rectified_on_autodiff<B: Backend + NormOps, C: CheckpointStrategy, const N: usize>(
+    nodes: [NodeGuard; N],
+    [x, gamma, beta]: [B::FloatTensorPrimitive; 3],
+    residual: Option<B::FloatTensorPrimitive>,
+    rectifier: Rectifier,
+    epsilon: f64,
+) -> [FloatTensor<Autodiff<B, C>>; 3]
+where
+    NormalizeRectifiedBackward: Backward<B, N, State = RectifiedState<B>>,
+{
+    let prepared = NormalizeRectifiedBackward
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful();
+    let (output, mean, variance) = match residual {
+        Some(residual) => B::normalize_batch_residual_rectified(
+            x.clone(),
+            gamma.clone(),
+            beta,
+            residual,
+            rectifier,
+            epsilon,
+        ),
+        None => B::normalize_batch_rectified(x.clone(), gamma.clone(), beta, rectifier, epsilon),
+    };
+    let statistics = (
+        <FloatTensor<Autodiff<B, C>>>::new(mean.clone()),
+        <FloatTensor<Autodiff<B, C>>>::new(variance.clone()),
+    );
+    let output = match prepared {
+        OpsKind::Tracked(prep) => {
+            let state = (
+                [x, gamma, mean, variance, output.clone()],
+                rectifier,
+                epsilon,
+            );
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    [output, statistics.0, statistics.1]
 }
 
 impl<B: Backend + NormOps, C: CheckpointStrategy> NormOps for Autodiff<B, C> {
@@ -610,6 +1145,36 @@ impl<B: Backend + NormOps, C: CheckpointStrategy> NormOps for Autodiff<B, C> {
                 )
             }
         }
+    }
+
+    fn normalize_batch_rectified(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let primitives = [x, gamma, beta].map(|t| t.into_primitive());
+        let [output, mean, variance] =
+            rectified_on_autodiff::<B, C, 3>(nodes, primitives, None, rectifier, epsilon);
+        (output, mean, variance)
+    }
+
+    fn normalize_batch_residual_rectified(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        rectifier: Rectifier,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [x.node(), gamma.node(), beta.node(), residual.node()];
+        let primitives = [x, gamma, beta].map(|t| t.into_primitive());
+        let residual = Some(residual.into_primitive());
+        let [output, mean, variance] =
+            rectified_on_autodiff::<B, C, 4>(nodes, primitives, residual, rectifier, epsilon);
+        (output, mean, variance)
     }
 
     /// burn's op on the autodiff backend, which records the gradients of eval-mode normalisation
@@ -742,6 +1307,119 @@ mod tests {
         );
     }
 
+    /// `rectifier(bn(x) + residual)` by burn's separate ops: the reference of the fused op.
+    fn unfused(
+        bn: &BatchNorm,
+        x: Tensor<4>,
+        residual: Option<Tensor<4>>,
+        rectifier: Rectifier,
+    ) -> Tensor<4> {
+        let y = bn.forward(x);
+        let y = match residual {
+            Some(residual) => y + residual,
+            None => y,
+        };
+        match rectifier {
+            Rectifier::Relu => burn::tensor::activation::relu(y),
+            Rectifier::Relu6 => y.clamp(0.0, 6.0),
+        }
+    }
+
+    /// Output, the gradients of `sum(output · probe)` for the input, the residual, γ and β, and
+    /// the running statistics afterwards, of one training-mode forward of `run`.
+    fn rectified_pass(
+        run: impl Fn(&BatchNorm, Tensor<4>, Option<Tensor<4>>) -> Tensor<4>,
+        bn: BatchNorm,
+        [x, residual, probe]: [&Tensor<4>; 3],
+        with_residual: bool,
+    ) -> Vec<TensorData> {
+        let x = x.clone().require_grad();
+        let residual = residual.clone().require_grad();
+        let output = run(&bn, x.clone(), with_residual.then(|| residual.clone()));
+        let grads = (output.clone() * probe.clone()).sum().backward();
+        let mut results = vec![
+            output.into_data(),
+            x.grad(&grads).expect("input gradient").into_data(),
+            bn.gamma.grad(&grads).expect("gamma gradient").into_data(),
+            bn.beta.grad(&grads).expect("beta gradient").into_data(),
+            bn.running_mean.value_sync().into_data(),
+            bn.running_var.value_sync().into_data(),
+        ];
+        if with_residual {
+            results.push(
+                residual
+                    .grad(&grads)
+                    .expect("residual gradient")
+                    .into_data(),
+            );
+        }
+        results
+    }
+
+    fn check_rectified_against_burn(shape: [usize; 4], offset: f64, seed: u64) {
+        let device = autodiff_device();
+        device.seed(seed);
+        // Spread over [−3, 9] after normalisation (γ up to ~1.5, β ramps), so both clamps of
+        // ReLU6 are exercised.
+        let x = Tensor::<4>::random(shape, Distribution::Normal(offset, 2.0), &device);
+        let residual = Tensor::<4>::random(shape, Distribution::Normal(3.0, 4.0), &device);
+        let probe = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        for rectifier in [Rectifier::Relu, Rectifier::Relu6] {
+            for with_residual in [false, true] {
+                let inputs = [&x, &residual, &probe];
+                let fused = |bn: &BatchNorm, x, r| batch_norm_rectified(bn, x, r, rectifier);
+                let reference = |bn: &BatchNorm, x, r| unfused(bn, x, r, rectifier);
+                let ours = rectified_pass(fused, layer(shape[1], &device), inputs, with_residual);
+                let theirs =
+                    rectified_pass(reference, layer(shape[1], &device), inputs, with_residual);
+                for (index, (ours, theirs)) in ours.into_iter().zip(theirs).enumerate() {
+                    let what = format!("{rectifier:?}, residual {with_residual}, result {index}");
+                    assert_close(ours, theirs, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rectified_matches_burn_on_network_shapes() {
+        check_rectified_against_burn([16, 8, 8, 8], 0.5, 11);
+        check_rectified_against_burn([4, 3, 2, 2], -2.0, 12);
+    }
+
+    #[test]
+    fn rectified_eval_equals_burn_to_the_bit() {
+        let device = default_device();
+        device.seed(5);
+        let x = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(1.0, 3.0), &device);
+        let residual = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(2.0, 4.0), &device);
+        let bn = layer(5, &device);
+        for rectifier in [Rectifier::Relu, Rectifier::Relu6] {
+            for residual in [None, Some(residual.clone())] {
+                let ours = batch_norm_rectified(&bn, x.clone(), residual.clone(), rectifier);
+                let theirs = unfused(&bn, x.clone(), residual, rectifier);
+                let [ours, theirs] =
+                    [ours, theirs].map(|t| t.into_data().try_to_vec::<f32>().unwrap());
+                assert!(
+                    ours == theirs,
+                    "{rectifier:?}: the eval output differs from burn's"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rectifiers_clamp_and_keep_nan() {
+        let values = [-1.5f32, 0.0, 1e-8, 3.25, 6.0, 7.5, 1e6];
+        let clamped: Vec<f32> = values.iter().map(|&v| relu6(v)).collect();
+        assert_eq!(clamped, [0.0, 0.0, 1e-8, 3.25, 6.0, 6.0, 6.0]);
+        let rectified: Vec<f32> = values.iter().map(|&v| relu(v)).collect();
+        assert_eq!(rectified, [0.0, 0.0, 1e-8, 3.25, 6.0, 7.5, 1e6]);
+        assert!(relu(f32::NAN).is_nan() && relu6(f32::NAN).is_nan());
+        assert!(relu_passes(f32::NAN) && relu6_passes(f32::NAN));
+        assert!(!relu_passes(0.0f32) && !relu6_passes(0.0f32));
+        assert!(relu_passes(6.0f32) && !relu6_passes(6.0f32));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
@@ -754,6 +1432,18 @@ mod tests {
             seed in 0u64..1000,
         ) {
             check_training_against_burn([batch, channels, height, width], offset, seed);
+        }
+
+        #[test]
+        fn rectified_matches_burn_on_random_shapes(
+            batch in 1usize..5,
+            channels in 1usize..6,
+            height in 1usize..7,
+            width in 1usize..11,
+            offset in -5.0f64..5.0,
+            seed in 0u64..1000,
+        ) {
+            check_rectified_against_burn([batch, channels, height, width], offset, seed);
         }
     }
 
@@ -785,9 +1475,9 @@ mod tests {
             let (output, _, _) = host_normalize_batch::<f64>(
                 layout,
                 &f64_tensor(x, &shape),
-                &f64_tensor(gamma, &[2]),
-                &f64_tensor(beta, &[2]),
+                [&f64_tensor(gamma, &[2]), &f64_tensor(beta, &[2])],
                 epsilon,
+                None,
             );
             f64_values(&output)
                 .iter()
@@ -798,9 +1488,9 @@ mod tests {
         let (_, mean, variance) = host_normalize_batch::<f64>(
             layout,
             &f64_tensor(&x, &shape),
-            &f64_tensor(&gamma, &[2]),
-            &f64_tensor(&beta, &[2]),
+            [&f64_tensor(&gamma, &[2]), &f64_tensor(&beta, &[2])],
             epsilon,
+            None,
         );
         let (dx, dgamma, dbeta) = host_normalize_batch_backward::<f64>(
             layout,
@@ -829,6 +1519,64 @@ mod tests {
         }
     }
 
+    #[test]
+    fn rectified_gradients_match_finite_differences() {
+        let shape = [3, 2, 2, 3];
+        let layout = Layout::of(&shape).unwrap();
+        let (x, probe) = (wave(36, 0.3), wave(36, 7.1));
+        // Residuals that put outputs on both sides of each clamp, none within a step of one.
+        let residual: Vec<f64> = wave(36, 2.9).iter().map(|v| 3.0 + 4.0 * v).collect();
+        let (gamma, beta) = (vec![1.7, -2.3], vec![0.4, 0.1]);
+        let epsilon = 1e-5;
+        let per_channel = [f64_tensor(&gamma, &[2]), f64_tensor(&beta, &[2])];
+        for rectifier in [Rectifier::Relu, Rectifier::Relu6] {
+            let forward = |x: &[f64], residual: &[f64]| {
+                let residual = f64_tensor(residual, &shape);
+                host_normalize_batch::<f64>(
+                    layout,
+                    &f64_tensor(x, &shape),
+                    [&per_channel[0], &per_channel[1]],
+                    epsilon,
+                    Some((Some(&residual), rectifier)),
+                )
+            };
+            let objective = |x: &[f64], residual: &[f64]| -> f64 {
+                let output = f64_values(&forward(x, residual).0);
+                output.iter().zip(&probe).map(|(o, p)| o * p).sum()
+            };
+            let (output, mean, variance) = forward(&x, &residual);
+            let masked =
+                host_rectifier_backward::<f64>(&output, f64_tensor(&probe, &shape), rectifier);
+            let (dx, _, _) = host_normalize_batch_backward::<f64>(
+                layout,
+                &f64_tensor(&x, &shape),
+                [&per_channel[0], &mean, &variance],
+                epsilon,
+                &masked,
+            );
+            let clamped = f64_values(&masked).iter().filter(|&&g| g == 0.0).count();
+            assert!(
+                clamped > 0 && clamped < 36,
+                "{rectifier:?}: {clamped} clamped"
+            );
+            let step = 1e-6;
+            for (which, grad) in [dx, masked].iter().map(f64_values).enumerate() {
+                for (index, &analytic) in grad.iter().enumerate() {
+                    let mut operands = [x.clone(), residual.clone()];
+                    operands[which][index] += step;
+                    let plus = objective(&operands[0], &operands[1]);
+                    operands[which][index] -= 2.0 * step;
+                    let minus = objective(&operands[0], &operands[1]);
+                    let numeric = (plus - minus) / (2.0 * step);
+                    assert!(
+                        (numeric - analytic).abs() < 1e-6,
+                        "{rectifier:?}, operand {which}, {index}: {numeric} vs {analytic}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The same values bit for bit on one thread and on four.
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
@@ -845,8 +1593,13 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 let x = host_tensor(x.clone(), &shape);
-                let (output, mean, variance) =
-                    host_normalize_batch::<f32>(layout, &x, &channel(1.5), &channel(0.5), 1e-5);
+                let (output, mean, variance) = host_normalize_batch::<f32>(
+                    layout,
+                    &x,
+                    [&channel(1.5), &channel(0.5)],
+                    1e-5,
+                    None,
+                );
                 let (dx, dgamma, dbeta) = host_normalize_batch_backward::<f32>(
                     layout,
                     &x,

@@ -3,14 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::{batch_norm, conv2d};
+use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig,
     PaddingConfig2d,
 };
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::cost::{LayerCost, TrainableParameters};
@@ -206,14 +205,7 @@ fn conv_norm(
 }
 
 fn conv_norm_forward((conv, norm): &ConvNorm, input: Tensor<4>) -> Tensor<4> {
-    relu6(batch_norm(norm, conv2d(conv, input)))
-}
-
-/// `min(max(x, 0), 6)` as `relu(x) - relu(x - 6)`: exact on [0, 6] and within an ulp above, and
-/// built from ReLUs, whose forward and backward flex runs as single fused passes (its `clamp`
-/// goes through masked fills, 15 % of a training step).
-fn relu6(x: Tensor<4>) -> Tensor<4> {
-    relu(x.clone()) - relu(x.sub_scalar(6.0))
+    batch_norm_rectified(norm, conv2d(conv, input), None, Rectifier::Relu6)
 }
 
 fn conv_norm_cost((conv, norm): &ConvNorm, shape: [usize; 3]) -> (Cost, [usize; 3]) {
@@ -549,16 +541,6 @@ impl BlockNetwork for MobileNetV2 {
 mod tests {
     use super::*;
     use crate::device::default_device;
-
-    #[test]
-    fn relu6_clamps_to_zero_and_six() {
-        let x = Tensor::<4>::from_data(
-            [[[[-1.5f32, 0.0, 1e-8, 3.25, 6.0, 7.5, 1e6]]]],
-            &default_device(),
-        );
-        let got = relu6(x).into_data().try_to_vec::<f32>().unwrap();
-        assert_eq!(got, [0.0, 0.0, 1e-8, 3.25, 6.0, 6.0, 6.0]);
-    }
 
     #[test]
     fn make_divisible_matches_torchvision() {

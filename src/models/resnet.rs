@@ -2,13 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::{batch_norm, conv2d};
+use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::cost::{LayerCost, TrainableParameters};
@@ -174,13 +173,14 @@ impl BasicBlock {
     }
 
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let out = relu(batch_norm(&self.bn1, conv2d(&self.conv1, input.clone())));
-        let out = batch_norm(&self.bn2, conv2d(&self.conv2, out));
+        let relu = Rectifier::Relu;
+        let out = batch_norm_rectified(&self.bn1, conv2d(&self.conv1, input.clone()), None, relu);
+        let out = conv2d(&self.conv2, out);
         let shortcut = match &self.downsample {
             Some((conv, bn)) => batch_norm(bn, conv2d(conv, input)),
             None => input,
         };
-        relu(out + shortcut)
+        batch_norm_rectified(&self.bn2, out, Some(shortcut), relu)
     }
 
     fn output_shape(&self, shape: [usize; 3]) -> [usize; 3] {
@@ -285,7 +285,8 @@ impl BlockNetwork for ResNet {
         input: Tensor<4>,
         capture: &BTreeSet<String>,
     ) -> (Tensor<2>, Vec<BlockFeatures>) {
-        let mut x = relu(batch_norm(&self.bn1, conv2d(&self.conv1, input)));
+        let stem = conv2d(&self.conv1, input);
+        let mut x = batch_norm_rectified(&self.bn1, stem, None, Rectifier::Relu);
         x = self.maxpool.forward(x);
         let mut captured = Vec::new();
         for (name, block) in self.named_blocks() {
