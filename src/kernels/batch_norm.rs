@@ -20,6 +20,7 @@
 //! count. Other element types fall back to burn's ops. Benchmark: `cargo bench --bench
 //! batch_norm` (BENCHMARKS.md, "BatchNorm").
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -1014,16 +1015,22 @@ impl<B: Backend + NormOps> Backward<B, 3> for NormalizeBatchBackward {
         let [x_node, gamma_node, beta_node] = ops.parents;
         let output_grad = grads.consume::<B>(&ops.node);
         let (x, gamma, mean, variance, epsilon) = ops.state;
-        let (x_grad, gamma_grad, beta_grad) =
+        let normalization =
             B::normalize_batch_backward(x, gamma, mean, variance, epsilon, output_grad);
-        for (node, grad) in [
-            (x_node, x_grad),
-            (gamma_node, gamma_grad),
-            (beta_node, beta_grad),
-        ] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
+        let parents = [x_node, gamma_node, beta_node].map(|node| node.map(|node| node.id));
+        register_normalization_grads::<B>(grads, parents, normalization);
+    }
+}
+
+/// Registers the gradients of the input, γ and β for those of the three parents that need them.
+fn register_normalization_grads<B: Backend>(
+    grads: &mut Gradients,
+    parents: [Option<NodeId>; 3],
+    (x_grad, gamma_grad, beta_grad): (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>),
+) {
+    for (id, grad) in parents.into_iter().zip([x_grad, gamma_grad, beta_grad]) {
+        if let Some(id) = id {
+            grads.register::<B>(id, grad);
         }
     }
 }
@@ -1051,17 +1058,9 @@ impl<B: Backend + NormOps, const N: usize> Backward<B, N> for NormalizeRectified
         if let Some(node) = residual_node {
             grads.register::<B>(node.id, masked.clone());
         }
-        let (x_grad, gamma_grad, beta_grad) =
-            B::normalize_batch_backward(x, gamma, mean, variance, epsilon, masked);
-        for (node, grad) in [
-            (x_node, x_grad),
-            (gamma_node, gamma_grad),
-            (beta_node, beta_grad),
-        ] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        let normalization = B::normalize_batch_backward(x, gamma, mean, variance, epsilon, masked);
+        let parents = [x_node, gamma_node, beta_node].map(|node| node.map(|node| node.id));
+        register_normalization_grads::<B>(grads, parents, normalization);
     }
 }
 
