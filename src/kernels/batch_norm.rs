@@ -26,7 +26,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::BatchNorm;
@@ -118,8 +118,8 @@ pub trait NormOps: Backend {
         rectifier: Rectifier,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let output = Self::normalize_with_statistics(x, gamma, beta, mean, variance, epsilon);
-        rectifier.apply_generic::<Self>(output)
+        let stats = [gamma, beta, mean, variance];
+        generic_eval_rectified::<Self>(x, stats, None, rectifier, epsilon)
     }
 
     /// `rectifier(normalize_with_statistics(x) + residual)` in one pass (eval mode).
@@ -134,8 +134,8 @@ pub trait NormOps: Backend {
         rectifier: Rectifier,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let output = Self::normalize_with_statistics(x, gamma, beta, mean, variance, epsilon);
-        rectifier.apply_generic::<Self>(Self::float_add(output, residual))
+        let stats = [gamma, beta, mean, variance];
+        generic_eval_rectified::<Self>(x, stats, Some(residual), rectifier, epsilon)
     }
 
     /// Normalises `x` with given statistics (eval mode): `(x − mean)/√(variance + ε)·γ + β`.
@@ -166,6 +166,23 @@ fn generic_rectified<B: Backend + NormOps>(
         None => output,
     };
     (rectifier.apply_generic::<B>(output), mean, variance)
+}
+
+/// [`NormOps::normalize_with_statistics`], the residual and the rectifier as separate ops of
+/// backend `B`.
+fn generic_eval_rectified<B: Backend + NormOps>(
+    x: FloatTensor<B>,
+    [gamma, beta, mean, variance]: [FloatTensor<B>; 4],
+    residual: Option<FloatTensor<B>>,
+    rectifier: Rectifier,
+    epsilon: f64,
+) -> FloatTensor<B> {
+    let output = B::normalize_with_statistics(x, gamma, beta, mean, variance, epsilon);
+    let output = match residual {
+        Some(residual) => B::float_add(output, residual),
+        None => output,
+    };
+    rectifier.apply_generic::<B>(output)
 }
 
 fn relu<T: Element>(value: T) -> T {
@@ -609,13 +626,6 @@ fn mask_where<T: Element>(output: &[T], grad: &mut [T], passes: impl Fn(T) -> bo
         });
 }
 
-/// The masked gradient as a new vector: one parallel select pass over a fresh buffer.
-fn masked_copy<T: Element>(output: &[T], grad: &[T], rectifier: Rectifier) -> Vec<T> {
-    let mut masked = grad.to_vec();
-    mask_rectified(output, &mut masked, rectifier);
-    masked
-}
-
 fn host_values<T: Element>(tensor: &FlexTensor) -> Vec<f64> {
     tensor
         .to_contiguous()
@@ -787,7 +797,8 @@ fn host_rectifier_backward<T: Element>(
             let values = grad
                 .as_slice::<T>()
                 .expect("contiguous, checked element type");
-            let masked = masked_copy(output_values, values, rectifier);
+            let mut masked = values.to_vec();
+            mask_rectified(output_values, &mut masked, rectifier);
             host_tensor(masked, output.shape().as_slice())
         }
     }
@@ -987,12 +998,8 @@ fn flex_eval_rectified(
             host_normalize_with_statistics::<f64>(layout, &x, stats, epsilon, epilogue)
         }
         None => {
-            let output = Flex::batch_norm(x, gamma, beta, mean, variance, epsilon);
-            let output = match residual {
-                Some(residual) => Flex::float_add(output, residual),
-                None => output,
-            };
-            rectifier.apply_generic::<Flex>(output)
+            let stats = [gamma, beta, mean, variance];
+            generic_eval_rectified::<Flex>(x, stats, residual, rectifier, epsilon)
         }
     }
 }
