@@ -10,13 +10,16 @@
 //! |---|---|---|
 //! | `conv2d` | `Conv2d::forward` and its backward passes for dense convolutions | image-by-image im2col products in parallel for planes of 64+ positions, one product per kernel tap over the whole batch for smaller ones in batches of 16+ images (no patch matrix, no products with the padding), instead of flex's per-image products with a layout conversion per call (`cargo bench --bench conv_layers`, `cargo bench --bench train_step`) |
 //! | `batch_norm` | `BatchNorm::forward` (training and eval) and its backward, and with `batch_norm_rectified` the residual addition and ReLU/ReLU6 after it | two parallel passes each way instead of about ten generic ops with transposed copies; the addition and the activation fused into the output pass, and their backward one parallel masking pass, instead of a single-threaded flex pass each (`cargo bench --bench batch_norm`, `cargo bench --bench train_step`) |
+//! | `max_pool` | `MaxPool2d::forward` (dilation 1, floor mode, symmetric padding) and its backward | window ranges computed once per call and each plane's windows walked row by row, no index tensor (the backward finds each maximum again), instead of flex's 3-D pooling that recomputes the window's range with divisions for every output value and scatters through an `i64` index tensor (`cargo bench --bench pooling`) |
 //! | `column_order` | `argsort` along the rows in the distances | on the GPU backends a rank kernel on the device instead of burn's read-back, host sort and upload (no synchronisation in a training step, `tests/gpu.rs`); on `flex` integer-key sorts of the columns in parallel |
 //! | `projection` | `matmul` of point clouds by directions in the distances | the narrow `[n, d] × [d, L]` product split along `d` across threads, SIMD per processor (`cargo bench --bench mswd`) |
 
 pub mod batch_norm;
 pub mod column_order;
 pub mod conv2d;
+pub mod max_pool;
 pub(crate) mod projection;
 
 pub use batch_norm::{Rectifier, batch_norm, batch_norm_rectified};
 pub use conv2d::conv2d;
+pub use max_pool::max_pool2d;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d};
+use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d, max_pool2d};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -287,7 +287,7 @@ impl BlockNetwork for ResNet {
     ) -> (Tensor<2>, Vec<BlockFeatures>) {
         let stem = conv2d(&self.conv1, input);
         let mut x = batch_norm_rectified(&self.bn1, stem, None, Rectifier::Relu);
-        x = self.maxpool.forward(x);
+        x = max_pool2d(&self.maxpool, x);
         let mut captured = Vec::new();
         for (name, block) in self.named_blocks() {
             if self.removed.contains(&name) {

@@ -1,0 +1,600 @@
+//! 2-D max pooling (dilation 1, floor mode, symmetric padding), forward and backward.
+//!
+//! burn `flex` runs every 2-D max-pool through its 3-D implementation: for each output value it
+//! recomputes the window's valid range along three axes with divisions, and it writes an `i64`
+//! index tensor that the backward pass then scatters through. lacoot computes the window ranges
+//! once per call, walks each plane's windows row by row, and keeps no index tensor: the backward
+//! pass finds each window's maximum again in the input (with the same rule) and adds the output
+//! gradient there. The rule is flex's and PyTorch's: the first maximum of a window in row-major
+//! order, except that a NaN always wins (the last NaN of the window), so values and gradients
+//! equal burn's to the bit. Each output gradient lands in its own plane and the windows of a plane
+//! are visited in order, so the result does not depend on the thread count.
+//!
+//! Benchmark: `cargo bench --bench pooling` (BENCHMARKS.md, "Max-pool").
+
+use std::ops::Range;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::pool::MaxPool2d;
+use burn::tensor::{DType, IntDType, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Values each parallel task reads, about: planes are grouped into tasks of this size.
+const PARALLEL_GRAIN: usize = 1 << 14;
+
+/// Max pooling with lacoot's kernels where they are faster, implemented per backend.
+#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
+pub trait PoolOps: Backend {
+    /// Max pooling of `x` (`[batch, channels, H, W]`) over `kernel` windows moved by `stride`,
+    /// with `padding` on both sides of each axis (dilation 1, floor mode).
+    fn max_pool2d_dense(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        Self::max_pool2d(x, kernel, stride, padding, [1, 1], false)
+    }
+
+    /// The gradient of [`PoolOps::max_pool2d_dense`] with respect to `x`, for the gradient of its
+    /// output `output_grad`.
+    fn max_pool2d_dense_backward(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        burn_backward::<Self>(x, kernel, stride, padding, output_grad)
+    }
+}
+
+/// The gradient of a max-pool by burn's own ops of backend `B`.
+fn burn_backward<B: Backend>(
+    x: FloatTensor<B>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    output_grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let indices = B::max_pool2d_with_indices(
+        x.clone(),
+        kernel,
+        stride,
+        padding,
+        [1, 1],
+        false,
+        IntDType::I32,
+    )
+    .indices;
+    B::max_pool2d_with_indices_backward(
+        x,
+        kernel,
+        stride,
+        padding,
+        [1, 1],
+        false,
+        output_grad,
+        indices,
+    )
+    .x_grad
+}
+
+/// `pool.forward(input)`, through lacoot's kernels when the pool has dilation 1, floor mode and
+/// symmetric padding; burn's `MaxPool2d::forward` otherwise.
+pub fn max_pool2d(pool: &MaxPool2d, input: Tensor<4>) -> Tensor<4> {
+    let padding = match pool.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return pool.forward(input),
+    };
+    if pool.dilation != [1, 1] || pool.ceil_mode {
+        return pool.forward(input);
+    }
+    Tensor::from_dispatch(<Dispatch as PoolOps>::max_pool2d_dense(
+        input.into_dispatch(),
+        pool.kernel_size,
+        pool.stride,
+        padding,
+    ))
+}
+
+/// Sizes of one max-pool, and the input range of every output row's and column's window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Geometry {
+    planes: usize,
+    size_in: [usize; 2],
+    size_out: [usize; 2],
+    /// Input rows of each output row's window (empty where it lies in the padding only).
+    rows: Vec<Range<usize>>,
+    /// Input columns of each output column's window.
+    columns: Vec<Range<usize>>,
+    /// For each column of the window, the output columns whose window holds it inside the input.
+    tap_columns: Vec<Range<usize>>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    /// `None` when the shapes do not form a max-pool lacoot's kernels run (checked by burn's
+    /// fallback instead, which reports the problem).
+    fn new(
+        x: &[usize],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Option<Self> {
+        let &[batch, channels, height, width] = x else {
+            return None;
+        };
+        if stride.contains(&0) || kernel.contains(&0) {
+            return None;
+        }
+        let size_in = [height, width];
+        let size_out = [0, 1].map(|axis| {
+            (size_in[axis] + 2 * padding[axis])
+                .checked_sub(kernel[axis])
+                .map(|span| span / stride[axis] + 1)
+        });
+        let size_out = [size_out[0]?, size_out[1]?];
+        let windows = |axis: usize| -> Vec<Range<usize>> {
+            (0..size_out[axis])
+                .map(|o| {
+                    let start = o * stride[axis];
+                    let end = (start + kernel[axis]).saturating_sub(padding[axis]);
+                    let start = start.saturating_sub(padding[axis]);
+                    start.min(size_in[axis])..end.min(size_in[axis])
+                })
+                .collect()
+        };
+        let tap_columns = (0..kernel[1])
+            .map(|kw| {
+                let first = padding[1].saturating_sub(kw).div_ceil(stride[1]);
+                let end = (width + padding[1])
+                    .saturating_sub(kw)
+                    .div_ceil(stride[1])
+                    .min(size_out[1]);
+                first.min(end)..end
+            })
+            .collect();
+        Some(Self {
+            planes: batch * channels,
+            size_in,
+            size_out,
+            rows: windows(0),
+            columns: windows(1),
+            tap_columns,
+            stride: stride[1],
+            padding: padding[1],
+        })
+    }
+
+    fn plane_in(&self) -> usize {
+        self.size_in[0] * self.size_in[1]
+    }
+
+    fn plane_out(&self) -> usize {
+        self.size_out[0] * self.size_out[1]
+    }
+
+    /// Planes per parallel task.
+    fn planes_per_task(&self) -> usize {
+        (PARALLEL_GRAIN / self.plane_in().max(1)).max(1)
+    }
+
+    /// Into `maxima`, the maximum of each window of output row `oh` in `plane` (−∞ for a window in
+    /// the padding only); `columns_max` (one value per input column) is scratch. The window's
+    /// input rows are first reduced column by column (contiguous, vectorised), then each output
+    /// takes the winner of its window's columns of that reduction.
+    fn row_max<T: Element>(&self, plane: &[T], oh: usize, columns_max: &mut [T], maxima: &mut [T]) {
+        let width = self.size_in[1];
+        let mut rows = self.rows[oh].clone();
+        let Some(first) = rows.next() else {
+            maxima.fill(T::NEG_INFINITY);
+            return;
+        };
+        columns_max.copy_from_slice(&plane[first * width..][..width]);
+        for ih in rows {
+            for (max, &value) in columns_max.iter_mut().zip(&plane[ih * width..][..width]) {
+                *max = winner(*max, value);
+            }
+        }
+        for (max, columns) in maxima.iter_mut().zip(&self.columns) {
+            *max = columns_max[columns.clone()]
+                .iter()
+                .copied()
+                .reduce(winner)
+                .unwrap_or(T::NEG_INFINITY);
+        }
+    }
+
+    /// Into `argmax`, the index in `plane` of the maximum of each window of output row `oh`, by
+    /// the rule of the module documentation (`usize::MAX` for a window in the padding only), given
+    /// the windows' `maxima` from [`Geometry::row_max`]. The winner is the first value equal to the
+    /// maximum, so the taps are visited in reverse row-major order and each match overwrites the
+    /// last: the comparison is rarely true, so it predicts well, where a running maximum would
+    /// branch unpredictably on every tap. A window whose maximum is NaN is scanned for its last NaN.
+    fn row_argmax<T: Element>(&self, plane: &[T], oh: usize, maxima: &[T], argmax: &mut [usize]) {
+        let width = self.size_in[1];
+        argmax.fill(usize::MAX);
+        for ih in self.rows[oh].clone().rev() {
+            let row = &plane[ih * width..][..width];
+            for (kw, outputs) in self.tap_columns.iter().enumerate().rev() {
+                for ow in outputs.clone() {
+                    let iw = ow * self.stride + kw - self.padding;
+                    if row[iw] == maxima[ow] {
+                        argmax[ow] = ih * width + iw;
+                    }
+                }
+            }
+        }
+        for ((index, max), columns) in argmax.iter_mut().zip(maxima).zip(&self.columns) {
+            if max.is_nan() {
+                for ih in self.rows[oh].clone() {
+                    for iw in columns.clone() {
+                        if plane[ih * width + iw].is_nan() {
+                            *index = ih * width + iw;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `a` or `b`, whichever wins by the rule of the module documentation; the comparison of values
+/// only (which of two equal values wins does not change the value).
+fn winner<T: Element>(a: T, b: T) -> T {
+    if b > a || b.is_nan() { b } else { a }
+}
+
+/// Element types the kernels run on.
+trait Element: burn::tensor::Element + bytemuck::Pod + PartialOrd + std::ops::AddAssign {
+    const NEG_INFINITY: Self;
+    const ZERO: Self;
+    fn is_nan(self) -> bool;
+}
+
+impl Element for f32 {
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    const ZERO: Self = 0.0;
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Element for f64 {
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    const ZERO: Self = 0.0;
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+/// The pooled planes of `x` (`[planes, H, W]` flattened), `[planes, Ho, Wo]` flattened; a window in
+/// the padding only gives −∞, as burn's op does.
+fn forward<T: Element>(g: &Geometry, x: &[T]) -> Vec<T> {
+    let (plane_in, plane_out) = (g.plane_in(), g.plane_out());
+    let mut out = vec![T::ZERO; g.planes * plane_out];
+    if plane_out == 0 {
+        return out;
+    }
+    let width = g.size_in[1];
+    out.par_chunks_mut(plane_out)
+        .zip(x.par_chunks(plane_in.max(1)))
+        .with_min_len(g.planes_per_task())
+        .for_each_init(
+            || vec![T::ZERO; width],
+            |columns_max, (pooled, plane)| {
+                for (oh, maxima) in pooled.chunks_exact_mut(g.size_out[1]).enumerate() {
+                    g.row_max(plane, oh, columns_max, maxima);
+                }
+            },
+        );
+    out
+}
+
+/// The gradient with respect to `x` for the output gradient `dy` (`[planes, Ho, Wo]` flattened):
+/// each output's gradient added at its window's maximum.
+fn backward<T: Element>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
+    let (plane_in, plane_out) = (g.plane_in(), g.plane_out());
+    let mut dx = vec![T::ZERO; g.planes * plane_in];
+    if plane_in == 0 || plane_out == 0 {
+        return dx;
+    }
+    let (width, out_w) = (g.size_in[1], g.size_out[1]);
+    dx.par_chunks_mut(plane_in)
+        .zip(x.par_chunks(plane_in))
+        .zip(dy.par_chunks(plane_out))
+        .with_min_len(g.planes_per_task())
+        .for_each_init(
+            || {
+                (
+                    vec![T::ZERO; width],
+                    vec![T::ZERO; out_w],
+                    vec![0usize; out_w],
+                )
+            },
+            |(columns_max, maxima, argmax), ((dx_plane, plane), dy_plane)| {
+                for (oh, dy_row) in dy_plane.chunks_exact(out_w).enumerate() {
+                    g.row_max(plane, oh, columns_max, maxima);
+                    g.row_argmax(plane, oh, maxima, argmax);
+                    for (&index, &gradient) in argmax.iter().zip(dy_row) {
+                        if let Some(slot) = dx_plane.get_mut(index) {
+                            *slot += gradient;
+                        }
+                    }
+                }
+            },
+        );
+    dx
+}
+
+fn host_forward<T: Element>(g: &Geometry, x: &FlexTensor) -> FlexTensor {
+    let x = x.to_contiguous();
+    let values = forward(g, x.as_slice::<T>().expect("checked element type"));
+    let (shape, [out_h, out_w]) = (x.shape(), g.size_out);
+    FlexTensor::from_data(TensorData::new(values, [shape[0], shape[1], out_h, out_w]))
+}
+
+fn host_backward<T: Element>(g: &Geometry, x: &FlexTensor, output_grad: &FlexTensor) -> FlexTensor {
+    let (x, output_grad) = (x.to_contiguous(), output_grad.to_contiguous());
+    let dx = backward(
+        g,
+        x.as_slice::<T>().expect("checked element type"),
+        output_grad.as_slice::<T>().expect("checked element type"),
+    );
+    FlexTensor::from_data(TensorData::new(dx, x.shape().as_slice().to_vec()))
+}
+
+/// burn's own max-pool on the cubecl backends (wgpu, cuda).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl PoolOps for burn::backend::Cube {}
+
+impl PoolOps for Flex {
+    fn max_pool2d_dense(
+        x: FlexTensor,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        match (
+            Geometry::new(x.shape().as_slice(), kernel, stride, padding),
+            x.dtype(),
+        ) {
+            (Some(g), DType::F32) => host_forward::<f32>(&g, &x),
+            (Some(g), DType::F64) => host_forward::<f64>(&g, &x),
+            _ => Flex::max_pool2d(x, kernel, stride, padding, [1, 1], false),
+        }
+    }
+
+    fn max_pool2d_dense_backward(
+        x: FlexTensor,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        output_grad: FlexTensor,
+    ) -> FlexTensor {
+        let geometry = Geometry::new(x.shape().as_slice(), kernel, stride, padding)
+            .filter(|g| output_grad.shape().as_slice()[2..] == g.size_out);
+        match (geometry, x.dtype(), output_grad.dtype()) {
+            (Some(g), DType::F32, DType::F32) => host_backward::<f32>(&g, &x, &output_grad),
+            (Some(g), DType::F64, DType::F64) => host_backward::<f64>(&g, &x, &output_grad),
+            _ => burn_backward::<Flex>(x, kernel, stride, padding, output_grad),
+        }
+    }
+}
+
+/// The backward pass of [`PoolOps::max_pool2d_dense`].
+#[derive(Debug)]
+struct MaxPool2dBackward;
+
+impl<B: Backend + PoolOps> Backward<B, 1> for MaxPool2dBackward {
+    /// The input, and the kernel, stride and padding.
+    type State = (B::FloatTensorPrimitive, [[usize; 2]; 3]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [input_node] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x, [kernel, stride, padding]) = ops.state;
+        if let Some(node) = input_node {
+            let grad = B::max_pool2d_dense_backward(x, kernel, stride, padding, output_grad);
+            grads.register::<B>(node.id, grad);
+        }
+    }
+}
+
+impl<B: Backend + PoolOps, C: CheckpointStrategy> PoolOps for Autodiff<B, C> {
+    fn max_pool2d_dense(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let prepared = MaxPool2dBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let x = x.into_primitive();
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let output = B::max_pool2d_dense(x.clone(), kernel, stride, padding);
+                prep.finish((x, [kernel, stride, padding]), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::max_pool2d_dense(x, kernel, stride, padding))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::pool::MaxPool2dConfig;
+    use burn::tensor::Distribution;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::device::{autodiff_device, default_device};
+
+    /// A pool module of the given window, stride and symmetric padding.
+    fn pool(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> MaxPool2d {
+        MaxPool2dConfig::new(kernel)
+            .with_strides(stride)
+            .with_padding(PaddingConfig2d::Explicit(
+                padding[0], padding[1], padding[0], padding[1],
+            ))
+            .init()
+    }
+
+    /// The output and the input gradient of `run` on `x` for the output gradient `probe`.
+    fn value_and_gradient(
+        run: impl Fn(Tensor<4>) -> Tensor<4>,
+        x: &Tensor<4>,
+        probe: &Tensor<4>,
+    ) -> [TensorData; 2] {
+        let x = x.clone().require_grad();
+        let output = run(x.clone());
+        let grads = (output.clone() * probe.clone()).sum().backward();
+        [
+            output.into_data(),
+            x.grad(&grads).expect("input gradient").into_data(),
+        ]
+    }
+
+    /// lacoot's max-pool against burn's on `x`: the output (training and eval) and the input
+    /// gradient, to the bit.
+    fn check_against_burn(values: Vec<f32>, shape: [usize; 4], pooling: &MaxPool2d) {
+        let device = autodiff_device();
+        let x = Tensor::<4>::from_data(TensorData::new(values.clone(), shape), &device);
+        let reference = pooling.forward(x.clone());
+        let probe = Tensor::<4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let ours = value_and_gradient(|x| max_pool2d(pooling, x), &x, &probe);
+        let theirs = value_and_gradient(|x| pooling.forward(x), &x, &probe);
+        assert_eq!(ours, theirs);
+        let eval_x = Tensor::<4>::from_data(TensorData::new(values, shape), &default_device());
+        assert_eq!(
+            max_pool2d(pooling, eval_x.clone()).into_data(),
+            pooling.forward(eval_x).into_data()
+        );
+    }
+
+    /// `len` values drawn from a few levels, so that windows hold ties.
+    fn tied_values(len: usize, seed: u64) -> Vec<f32> {
+        (0..len as u64)
+            .map(|i| ((i * 7919 + seed * 104_729) % 5) as f32 - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn matches_burn_on_the_cifar_stem_with_ties() {
+        let stem = pool([3, 3], [2, 2], [1, 1]);
+        let shape = [4, 8, 16, 16];
+        check_against_burn(tied_values(4 * 8 * 16 * 16, 1), shape, &stem);
+        // Odd planes, and enough planes for several parallel tasks.
+        let shape = [16, 16, 15, 13];
+        check_against_burn(tied_values(16 * 16 * 15 * 13, 2), shape, &stem);
+    }
+
+    #[test]
+    fn nan_wins_its_windows_as_in_burn() {
+        let mut values = tied_values(2 * 3 * 7 * 7, 3);
+        for index in [0, 5, 6, 40, 77, 200, 201] {
+            values[index] = f32::NAN;
+        }
+        let device = default_device();
+        let x = Tensor::<4>::from_data(TensorData::new(values, [2, 3, 7, 7]), &device);
+        let stem = pool([3, 3], [2, 2], [1, 1]);
+        let [ours, theirs] = [max_pool2d(&stem, x.clone()), stem.forward(x.clone())]
+            .map(|out| out.into_data().try_to_vec::<f32>().expect("f32 output"));
+        assert!(ours.iter().any(|v| v.is_nan()));
+        for (ours, theirs) in ours.iter().zip(&theirs) {
+            assert!(ours == theirs || ours.is_nan() && theirs.is_nan());
+        }
+        let probe = Tensor::<4>::ones([2, 3, 4, 4], &autodiff_device());
+        let x = Tensor::<4>::from_data(x.into_data(), &autodiff_device());
+        let [_, ours] = value_and_gradient(|x| max_pool2d(&stem, x), &x, &probe);
+        let [_, theirs] = value_and_gradient(|x| stem.forward(x), &x, &probe);
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn other_pools_go_to_burn() {
+        let device = autodiff_device();
+        let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+        for pooling in [
+            MaxPool2dConfig::new([3, 3]).with_dilation([2, 2]).init(),
+            MaxPool2dConfig::new([2, 2]).with_ceil_mode(true).init(),
+            MaxPool2dConfig::new([2, 2])
+                .with_strides([1, 1])
+                .with_padding(PaddingConfig2d::Same)
+                .init(),
+        ] {
+            let probe = Tensor::<4>::ones(pooling.forward(x.clone()).dims(), &device);
+            assert_eq!(
+                value_and_gradient(|x| max_pool2d(&pooling, x), &x, &probe),
+                value_and_gradient(|x| pooling.forward(x), &x, &probe)
+            );
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        // Distinct values, so that each window's maximum has room to move in both directions.
+        let g = Geometry::new(&[2, 2, 7, 6], [3, 2], [2, 1], [1, 1]).expect("a valid pool");
+        let x: Vec<f64> = (0..2 * 2 * 7 * 6)
+            .map(|i| ((i * 37 % 84) as f64) * 0.1 + (i as f64).sin() * 0.01)
+            .collect();
+        let probe: Vec<f64> = (0..g.planes * g.plane_out())
+            .map(|i| (i as f64 * 0.7).cos())
+            .collect();
+        let loss =
+            |x: &[f64]| -> f64 { forward(&g, x).iter().zip(&probe).map(|(v, p)| v * p).sum() };
+        let gradient = backward(&g, &x, &probe);
+        let step = 1e-6;
+        for index in 0..x.len() {
+            let [mut up, mut down] = [x.clone(), x.clone()];
+            up[index] += step;
+            down[index] -= step;
+            let numeric = (loss(&up) - loss(&down)) / (2.0 * step);
+            assert!(
+                (numeric - gradient[index]).abs() < 1e-6,
+                "x[{index}]: numeric {numeric}, analytic {}",
+                gradient[index]
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn matches_burn_on_random_shapes(
+            batch in 1usize..3,
+            channels in 1usize..4,
+            height in 1usize..10,
+            width in 1usize..10,
+            kernel in (1usize..4, 1usize..4),
+            stride in (1usize..4, 1usize..4),
+            padding in (0usize..2, 0usize..2),
+            seed in 0u64..1000,
+        ) {
+            let kernel = [kernel.0, kernel.1];
+            // burn's rule: padding at most half the window, and a window that fits.
+            let padding = [padding.0.min(kernel[0] / 2), padding.1.min(kernel[1] / 2)];
+            prop_assume!(height + 2 * padding[0] >= kernel[0] && width + 2 * padding[1] >= kernel[1]);
+            let shape = [batch, channels, height, width];
+            let values = tied_values(shape.iter().product(), seed);
+            check_against_burn(values, shape, &pool(kernel, [stride.0, stride.1], padding));
+        }
+    }
+}
