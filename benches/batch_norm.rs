@@ -22,7 +22,7 @@
 #[global_allocator]
 static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
-use std::time::Instant;
+mod common;
 
 use burn::backend::Dispatch;
 use burn::backend::ops::ActivationOps;
@@ -46,17 +46,8 @@ const SHAPES: [(&str, usize, usize, usize); 5] = [
     ("layer4 512 @2", 512, 2, 5),
 ];
 
-fn median_ms(mut run: impl FnMut()) -> f64 {
-    run();
-    let mut times: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[REPEATS / 2]
+fn median_ms(run: impl FnMut()) -> f64 {
+    common::median_ms(REPEATS, run)
 }
 
 /// Forward (training), backward and eval forward of one shape: burn's ops, then lacoot's.

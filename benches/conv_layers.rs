@@ -18,7 +18,7 @@
 #[global_allocator]
 static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
-use std::time::Instant;
+mod common;
 
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
@@ -95,17 +95,8 @@ impl Layer {
     }
 }
 
-fn median_ms(mut run: impl FnMut()) -> f64 {
-    run();
-    let mut times: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[REPEATS / 2]
+fn median_ms(run: impl FnMut()) -> f64 {
+    common::median_ms(REPEATS, run)
 }
 
 /// The three passes of one layer, by burn's ops and by lacoot's kernels.

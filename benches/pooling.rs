@@ -14,7 +14,7 @@
 #[global_allocator]
 static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
-use std::time::Instant;
+mod common;
 
 use burn::backend::Dispatch;
 use burn::backend::ops::ModuleOps;
@@ -34,17 +34,8 @@ const SHAPES: [(&str, usize, usize); 2] = [
     ("Fashion-MNIST width 16, 16 @28", 16, 28),
 ];
 
-fn median_ms(mut run: impl FnMut()) -> f64 {
-    run();
-    let mut times: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[REPEATS / 2]
+fn median_ms(run: impl FnMut()) -> f64 {
+    common::median_ms(REPEATS, run)
 }
 
 /// Forward and backward of one shape: burn's ops, then lacoot's.
