@@ -10,7 +10,7 @@
 //! equal burn's to the bit. Each output gradient lands in its own plane and the windows of a plane
 //! are visited in order, so the result does not depend on the thread count.
 //!
-//! Benchmark: `cargo bench --bench pooling` (BENCHMARKS.md, "Max-pool").
+//! Benchmark: `cargo bench --bench pooling` (BENCHMARKS.md, "CPU speed, session 13").
 
 use std::ops::Range;
 
@@ -141,12 +141,10 @@ impl Geometry {
             return None;
         }
         let size_in = [height, width];
-        let size_out = [0, 1].map(|axis| {
-            (size_in[axis] + 2 * padding[axis])
-                .checked_sub(kernel[axis])
-                .map(|span| span / stride[axis] + 1)
-        });
-        let size_out = [size_out[0]?, size_out[1]?];
+        let size_out = [
+            super::sliding_outputs(height, kernel[0], stride[0], padding[0])?,
+            super::sliding_outputs(width, kernel[1], stride[1], padding[1])?,
+        ];
         let windows = |axis: usize| -> Vec<Range<usize>> {
             (0..size_out[axis])
                 .map(|o| {
@@ -158,14 +156,7 @@ impl Geometry {
                 .collect()
         };
         let tap_columns = (0..kernel[1])
-            .map(|kw| {
-                let first = padding[1].saturating_sub(kw).div_ceil(stride[1]);
-                let end = (width + padding[1])
-                    .saturating_sub(kw)
-                    .div_ceil(stride[1])
-                    .min(size_out[1]);
-                first.min(end)..end
-            })
+            .map(|kw| super::tap_outputs(width, size_out[1], stride[1], padding[1], kw))
             .collect();
         Some(Self {
             planes: batch * channels,
@@ -385,8 +376,10 @@ impl PoolOps for Flex {
         padding: [usize; 2],
         output_grad: FlexTensor,
     ) -> FlexTensor {
-        let geometry = Geometry::new(x.shape().as_slice(), kernel, stride, padding)
-            .filter(|g| output_grad.shape().as_slice()[2..] == g.size_out);
+        let geometry = Geometry::new(x.shape().as_slice(), kernel, stride, padding).filter(|g| {
+            let (x, dy) = (x.shape(), output_grad.shape());
+            dy.as_slice() == [x[0], x[1], g.size_out[0], g.size_out[1]]
+        });
         match (geometry, x.dtype(), output_grad.dtype()) {
             (Some(g), DType::F32, DType::F32) => host_backward::<f32>(&g, &x, &output_grad),
             (Some(g), DType::F64, DType::F64) => host_backward::<f64>(&g, &x, &output_grad),

@@ -23,3 +23,28 @@ pub(crate) mod projection;
 pub use batch_norm::{Rectifier, batch_norm, batch_norm_rectified};
 pub use conv2d::conv2d;
 pub use max_pool::max_pool2d;
+
+/// Outputs of a window of `kernel` taps sliding by `stride` along an axis of `size` positions
+/// padded by `padding` on both sides; `None` when the window does not fit.
+fn sliding_outputs(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    (size + 2 * padding)
+        .checked_sub(kernel)
+        .map(|span| span / stride + 1)
+}
+
+/// The outputs `o < out` of such a window whose tap `tap` reads inside the input, i.e. whose
+/// input index `o·stride + tap − padding` lies in `[0, size)`.
+fn tap_outputs(
+    size: usize,
+    out: usize,
+    stride: usize,
+    padding: usize,
+    tap: usize,
+) -> std::ops::Range<usize> {
+    let first = padding.saturating_sub(tap).div_ceil(stride);
+    let end = (size + padding)
+        .saturating_sub(tap)
+        .div_ceil(stride)
+        .min(out);
+    first.min(end)..end
+}

@@ -177,12 +177,9 @@ impl Geometry {
             return None;
         }
         let padding = options.padding_begin();
-        let out = |size: usize, kernel: usize, stride: usize, pad: usize| {
-            (size + 2 * pad).checked_sub(kernel).map(|v| v / stride + 1)
-        };
         let size_out = [
-            out(height, kh, options.stride[0], padding[0])?,
-            out(width, kw, options.stride[1], padding[1])?,
+            super::sliding_outputs(height, kh, options.stride[0], padding[0])?,
+            super::sliding_outputs(width, kw, options.stride[1], padding[1])?,
         ];
         Some(Self {
             batch,
@@ -212,11 +209,13 @@ impl Geometry {
     /// The output positions `o` along one axis whose input index `o·stride + k − pad` lies in
     /// `[0, size)`.
     fn valid_outputs(&self, axis: usize, k: usize) -> std::ops::Range<usize> {
-        let [stride, pad] = [self.stride[axis], self.padding[axis]];
-        let [size, out] = [self.size_in[axis], self.size_out[axis]];
-        let first = pad.saturating_sub(k).div_ceil(stride);
-        let end = (size + pad).saturating_sub(k).div_ceil(stride).min(out);
-        first.min(end)..end
+        super::tap_outputs(
+            self.size_in[axis],
+            self.size_out[axis],
+            self.stride[axis],
+            self.padding[axis],
+            k,
+        )
     }
 }
 
