@@ -4,8 +4,8 @@
 //!
 //! - burn: `max_pool2d_with_indices` and `max_pool2d_with_indices_backward` of burn's `ModuleOps`
 //!   (what burn's autodiff runs; `flex` pools through its 3-D implementation);
-//! - lacoot: `lacoot::kernels::max_pool` (window ranges computed once per call, no index tensor;
-//!   the backward finds each window's maximum again).
+//! - lacoot: `lacoot::kernels::max_pool` in training form (window ranges computed once per call,
+//!   separable pooling that also keeps `i32` indices; the backward scatters through them).
 //!
 //! Each pass is the median of 15 runs after one warm-up. `cargo bench --bench pooling` prints a
 //! Markdown table and one JSON line.
@@ -87,9 +87,15 @@ fn time_shape(channels: usize, size: usize, device: &burn::tensor::Device) -> [[
             );
         }),
     ];
+    let (_, lacoot_indices) = <Dispatch as PoolOps>::max_pool2d_dense_with_indices(
+        x.clone().into_dispatch(),
+        KERNEL,
+        STRIDE,
+        PADDING,
+    );
     let lacoot = [
         median_ms(|| {
-            std::hint::black_box(<Dispatch as PoolOps>::max_pool2d_dense(
+            std::hint::black_box(<Dispatch as PoolOps>::max_pool2d_dense_with_indices(
                 x.clone().into_dispatch(),
                 KERNEL,
                 STRIDE,
@@ -103,6 +109,7 @@ fn time_shape(channels: usize, size: usize, device: &burn::tensor::Device) -> [[
                 STRIDE,
                 PADDING,
                 output_grad.clone().into_dispatch(),
+                lacoot_indices.clone(),
             ));
         }),
     ];

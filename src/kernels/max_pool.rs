@@ -1,16 +1,17 @@
 //! 2-D max pooling (dilation 1, floor mode, symmetric padding), forward and backward.
 //!
 //! burn `flex` runs every 2-D max-pool through its 3-D implementation: for each output value it
-//! recomputes the window's valid range along three axes with divisions, and it writes an `i64`
-//! index tensor that the backward pass then scatters through. lacoot computes the window ranges
-//! once per call, walks each plane's windows row by row, and keeps no index tensor: the backward
-//! pass finds each window's maximum again in the input (with the same rule) and adds the output
-//! gradient there. The rule is flex's and PyTorch's: the first maximum of a window in row-major
-//! order, except that a NaN always wins (the last NaN of the window), so values and gradients
-//! equal burn's to the bit. Each output gradient lands in its own plane and the windows of a plane
-//! are visited in order, so the result does not depend on the thread count.
+//! recomputes the window's valid range along three axes with divisions. lacoot computes the window
+//! ranges once per call and pools separably: each output row's window rows are first reduced column
+//! by column (contiguous, vectorised), then each output takes the winner of its window's columns.
+//! Inference keeps only the values; training also keeps each maximum's index in its plane (`i32`,
+//! burn's convention), and the backward pass scatters the output gradient through those indices.
+//! The rule is flex's and PyTorch's: the first maximum of a window in row-major order, except that
+//! a NaN always wins (the last NaN of the window), so values, indices and gradients equal burn's to
+//! the bit. Each output gradient lands in its own plane and a plane's outputs are visited in order,
+//! so the result does not depend on the thread count.
 //!
-//! Benchmark: `cargo bench --bench pooling` (BENCHMARKS.md, "CPU speed, session 13").
+//! Benchmark: `cargo bench --bench pooling` (BENCHMARKS.md, "CPU speed, session 14").
 
 use std::ops::Range;
 
@@ -20,7 +21,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2d;
@@ -44,48 +45,41 @@ pub trait PoolOps: Backend {
         Self::max_pool2d(x, kernel, stride, padding, [1, 1], false)
     }
 
+    /// [`PoolOps::max_pool2d_dense`] and, for each output, the index of its maximum in its input
+    /// plane (`h * W + w`, burn's convention), which the backward pass needs.
+    fn max_pool2d_dense_with_indices(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let pooled =
+            Self::max_pool2d_with_indices(x, kernel, stride, padding, [1, 1], false, IntDType::I32);
+        (pooled.output, pooled.indices)
+    }
+
     /// The gradient of [`PoolOps::max_pool2d_dense`] with respect to `x`, for the gradient of its
-    /// output `output_grad`.
+    /// output `output_grad` and the `indices` of [`PoolOps::max_pool2d_dense_with_indices`].
     fn max_pool2d_dense_backward(
         x: FloatTensor<Self>,
         kernel: [usize; 2],
         stride: [usize; 2],
         padding: [usize; 2],
         output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
     ) -> FloatTensor<Self> {
-        burn_backward::<Self>(x, kernel, stride, padding, output_grad)
+        Self::max_pool2d_with_indices_backward(
+            x,
+            kernel,
+            stride,
+            padding,
+            [1, 1],
+            false,
+            output_grad,
+            indices,
+        )
+        .x_grad
     }
-}
-
-/// The gradient of a max-pool by burn's own ops of backend `B`.
-fn burn_backward<B: Backend>(
-    x: FloatTensor<B>,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    output_grad: FloatTensor<B>,
-) -> FloatTensor<B> {
-    let indices = B::max_pool2d_with_indices(
-        x.clone(),
-        kernel,
-        stride,
-        padding,
-        [1, 1],
-        false,
-        IntDType::I32,
-    )
-    .indices;
-    B::max_pool2d_with_indices_backward(
-        x,
-        kernel,
-        stride,
-        padding,
-        [1, 1],
-        false,
-        output_grad,
-        indices,
-    )
-    .x_grad
 }
 
 /// `pool.forward(input)`, through lacoot's kernels when the pool has dilation 1, floor mode and
@@ -119,10 +113,6 @@ struct Geometry {
     rows: Vec<Range<usize>>,
     /// Input columns of each output column's window.
     columns: Vec<Range<usize>>,
-    /// For each column of the window, the output columns whose window holds it inside the input.
-    tap_columns: Vec<Range<usize>>,
-    stride: usize,
-    padding: usize,
 }
 
 impl Geometry {
@@ -155,18 +145,12 @@ impl Geometry {
                 })
                 .collect()
         };
-        let tap_columns = (0..kernel[1])
-            .map(|kw| super::tap_outputs(width, size_out[1], stride[1], padding[1], kw))
-            .collect();
         Some(Self {
             planes: batch * channels,
             size_in,
             size_out,
             rows: windows(0),
             columns: windows(1),
-            tap_columns,
-            stride: stride[1],
-            padding: padding[1],
         })
     }
 
@@ -209,36 +193,75 @@ impl Geometry {
         }
     }
 
-    /// Into `argmax`, the index in `plane` of the maximum of each window of output row `oh`, by
-    /// the rule of the module documentation (`usize::MAX` for a window in the padding only), given
-    /// the windows' `maxima` from [`Geometry::row_max`]. The winner is the first value equal to the
-    /// maximum, so the taps are visited in reverse row-major order and each match overwrites the
-    /// last: the comparison is rarely true, so it predicts well, where a running maximum would
-    /// branch unpredictably on every tap. A window whose maximum is NaN is scanned for its last NaN.
-    fn row_argmax<T: Element>(&self, plane: &[T], oh: usize, maxima: &[T], argmax: &mut [usize]) {
+    /// [`Geometry::row_max`] that also writes, into `argmax`, the index in `plane` of each window's
+    /// maximum by the rule of the module documentation (−1 for a window in the padding only);
+    /// `columns` is scratch. The column pass keeps, for each input column, the winning value and
+    /// its row: later rows take over only when greater or NaN, so a column keeps its first
+    /// maximum or its last NaN. An output then takes, among its window's columns, the greater
+    /// value, and between equal values the smaller row (then the first column): the first maximum
+    /// in row-major order; between NaNs the greater row (then the last column): the last NaN.
+    fn row_max_indexed<T: Element>(
+        &self,
+        plane: &[T],
+        oh: usize,
+        columns: &mut ColumnWinners<T>,
+        maxima: &mut [T],
+        argmax: &mut [i32],
+    ) {
         let width = self.size_in[1];
-        argmax.fill(usize::MAX);
-        for ih in self.rows[oh].clone().rev() {
+        let mut rows = self.rows[oh].clone();
+        let Some(first) = rows.next() else {
+            maxima.fill(T::NEG_INFINITY);
+            argmax.fill(-1);
+            return;
+        };
+        let (values, max_rows) = (&mut columns.values[..width], &mut columns.rows[..width]);
+        values.copy_from_slice(&plane[first * width..][..width]);
+        max_rows.fill(first as u32);
+        for ih in rows {
             let row = &plane[ih * width..][..width];
-            for (kw, outputs) in self.tap_columns.iter().enumerate().rev() {
-                for ow in outputs.clone() {
-                    let iw = ow * self.stride + kw - self.padding;
-                    if row[iw] == maxima[ow] {
-                        argmax[ow] = ih * width + iw;
-                    }
-                }
+            let ih = ih as u32;
+            // Indexed over equal lengths, with selects instead of branches, so that it vectorises.
+            for c in 0..width {
+                let (value, max) = (row[c], values[c]);
+                let takes = (value > max) | value.is_nan();
+                values[c] = T::blend(takes, value, max);
+                let mask = u32::from(takes).wrapping_neg();
+                max_rows[c] = (ih & mask) | (max_rows[c] & !mask);
             }
         }
-        for ((index, max), columns) in argmax.iter_mut().zip(maxima).zip(&self.columns) {
-            if max.is_nan() {
-                for ih in self.rows[oh].clone() {
-                    for iw in columns.clone() {
-                        if plane[ih * width + iw].is_nan() {
-                            *index = ih * width + iw;
-                        }
-                    }
-                }
+        let (values, max_rows) = (&columns.values[..width], &columns.rows[..width]);
+        for ((max, index), window) in maxima.iter_mut().zip(argmax.iter_mut()).zip(&self.columns) {
+            let Some(first) = window.clone().next() else {
+                (*max, *index) = (T::NEG_INFINITY, -1);
+                continue;
+            };
+            let (mut best, mut best_row, mut best_column) = (values[first], max_rows[first], first);
+            for iw in window.start + 1..window.end {
+                let (value, row) = (values[iw], max_rows[iw]);
+                let takes = (value > best)
+                    | ((value == best) & (row < best_row))
+                    | (value.is_nan() & (!best.is_nan() | (row >= best_row)));
+                best = T::blend(takes, value, best);
+                best_row = if takes { row } else { best_row };
+                best_column = if takes { iw } else { best_column };
             }
+            (*max, *index) = (best, (best_row as usize * width + best_column) as i32);
+        }
+    }
+}
+
+/// Per input column, the winning value of the current output row's window rows and its row.
+struct ColumnWinners<T> {
+    values: Vec<T>,
+    rows: Vec<u32>,
+}
+
+impl<T: Element> ColumnWinners<T> {
+    fn new(width: usize) -> Self {
+        Self {
+            values: vec![T::ZERO; width],
+            rows: vec![0; width],
         }
     }
 }
@@ -254,6 +277,8 @@ trait Element: burn::tensor::Element + bytemuck::Pod + PartialOrd + std::ops::Ad
     const NEG_INFINITY: Self;
     const ZERO: Self;
     fn is_nan(self) -> bool;
+    /// `new` where `takes`, else `old`, as a blend of bits: no branch, so that loops vectorise.
+    fn blend(takes: bool, new: Self, old: Self) -> Self;
 }
 
 impl Element for f32 {
@@ -262,6 +287,10 @@ impl Element for f32 {
     fn is_nan(self) -> bool {
         f32::is_nan(self)
     }
+    fn blend(takes: bool, new: Self, old: Self) -> Self {
+        let mask = u32::from(takes).wrapping_neg();
+        f32::from_bits((new.to_bits() & mask) | (old.to_bits() & !mask))
+    }
 }
 
 impl Element for f64 {
@@ -269,6 +298,10 @@ impl Element for f64 {
     const ZERO: Self = 0.0;
     fn is_nan(self) -> bool {
         f64::is_nan(self)
+    }
+    fn blend(takes: bool, new: Self, old: Self) -> Self {
+        let mask = u64::from(takes).wrapping_neg();
+        f64::from_bits((new.to_bits() & mask) | (old.to_bits() & !mask))
     }
 }
 
@@ -295,40 +328,65 @@ fn forward<T: Element>(g: &Geometry, x: &[T]) -> Vec<T> {
     out
 }
 
-/// The gradient with respect to `x` for the output gradient `dy` (`[planes, Ho, Wo]` flattened):
-/// each output's gradient added at its window's maximum.
-fn backward<T: Element>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
+/// [`forward`] that also returns each output's index in its input plane ([`Geometry::row_max_indexed`]).
+fn forward_indexed<T: Element>(g: &Geometry, x: &[T]) -> (Vec<T>, Vec<i32>) {
     let (plane_in, plane_out) = (g.plane_in(), g.plane_out());
-    let mut dx = vec![T::ZERO; g.planes * plane_in];
-    if plane_in == 0 || plane_out == 0 {
-        return dx;
+    let mut out = vec![T::ZERO; g.planes * plane_out];
+    let mut indices = vec![0i32; g.planes * plane_out];
+    if plane_out == 0 {
+        return (out, indices);
     }
-    let (width, out_w) = (g.size_in[1], g.size_out[1]);
-    dx.par_chunks_mut(plane_in)
-        .zip(x.par_chunks(plane_in))
-        .zip(dy.par_chunks(plane_out))
+    let out_w = g.size_out[1];
+    out.par_chunks_mut(plane_out)
+        .zip(indices.par_chunks_mut(plane_out))
+        .zip(x.par_chunks(plane_in.max(1)))
         .with_min_len(g.planes_per_task())
         .for_each_init(
-            || {
-                (
-                    vec![T::ZERO; width],
-                    vec![T::ZERO; out_w],
-                    vec![0usize; out_w],
-                )
-            },
-            |(columns_max, maxima, argmax), ((dx_plane, plane), dy_plane)| {
-                for (oh, dy_row) in dy_plane.chunks_exact(out_w).enumerate() {
-                    g.row_max(plane, oh, columns_max, maxima);
-                    g.row_argmax(plane, oh, maxima, argmax);
-                    for (&index, &gradient) in argmax.iter().zip(dy_row) {
-                        if let Some(slot) = dx_plane.get_mut(index) {
-                            *slot += gradient;
-                        }
-                    }
+            || ColumnWinners::new(g.size_in[1]),
+            |columns, ((pooled, argmax), plane)| {
+                for (oh, (maxima, argmax)) in pooled
+                    .chunks_exact_mut(out_w)
+                    .zip(argmax.chunks_exact_mut(out_w))
+                    .enumerate()
+                {
+                    g.row_max_indexed(plane, oh, columns, maxima, argmax);
                 }
             },
         );
-    dx
+    (out, indices)
+}
+
+/// The gradient with respect to the `planes` input planes (`plane_in` values each) for the
+/// output gradient `dy`: each output's gradient added at its maximum, `indices` (per plane, as
+/// [`forward_indexed`] gives them; negative for a window in the padding only). `None` when an
+/// index lies outside its plane or the lengths disagree, which only indices from elsewhere can do.
+fn scatter<T: Element>(
+    planes: usize,
+    plane_in: usize,
+    indices: &[i32],
+    dy: &[T],
+) -> Option<Vec<T>> {
+    let outside = |&index: &i32| usize::try_from(index).is_ok_and(|index| index >= plane_in);
+    if indices.len() != dy.len() || indices.iter().any(outside) {
+        return None;
+    }
+    let mut dx = vec![T::ZERO; planes * plane_in];
+    let plane_out = dy.len() / planes.max(1);
+    if plane_in == 0 || plane_out == 0 {
+        return Some(dx);
+    }
+    dx.par_chunks_mut(plane_in)
+        .zip(indices.par_chunks(plane_out))
+        .zip(dy.par_chunks(plane_out))
+        .with_min_len((PARALLEL_GRAIN / plane_in).max(1))
+        .for_each(|((dx_plane, indices), dy_plane)| {
+            for (&index, &gradient) in indices.iter().zip(dy_plane) {
+                if let Ok(index) = usize::try_from(index) {
+                    dx_plane[index] += gradient;
+                }
+            }
+        });
+    Some(dx)
 }
 
 fn host_forward<T: Element>(g: &Geometry, x: &FlexTensor) -> FlexTensor {
@@ -338,14 +396,51 @@ fn host_forward<T: Element>(g: &Geometry, x: &FlexTensor) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, [shape[0], shape[1], out_h, out_w]))
 }
 
-fn host_backward<T: Element>(g: &Geometry, x: &FlexTensor, output_grad: &FlexTensor) -> FlexTensor {
-    let (x, output_grad) = (x.to_contiguous(), output_grad.to_contiguous());
-    let dx = backward(
-        g,
-        x.as_slice::<T>().expect("checked element type"),
-        output_grad.as_slice::<T>().expect("checked element type"),
-    );
-    FlexTensor::from_data(TensorData::new(dx, x.shape().as_slice().to_vec()))
+fn host_forward_indexed<T: Element>(g: &Geometry, x: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    let x = x.to_contiguous();
+    let (values, indices) = forward_indexed(g, x.as_slice::<T>().expect("checked element type"));
+    let (shape, [out_h, out_w]) = (x.shape(), g.size_out);
+    let out_shape = [shape[0], shape[1], out_h, out_w];
+    (
+        FlexTensor::from_data(TensorData::new(values, out_shape)),
+        FlexTensor::from_data(TensorData::new(indices, out_shape)),
+    )
+}
+
+/// lacoot's scatter for `f32` and `f64` with `i32` indices of the output gradient's shape; `None`
+/// otherwise (burn's backward then runs).
+fn host_backward(
+    x: &FlexTensor,
+    output_grad: &FlexTensor,
+    indices: &FlexTensor,
+) -> Option<FlexTensor> {
+    let (x_shape, dy_shape) = (x.shape(), output_grad.shape());
+    let &[batch, channels, height, width] = x_shape.as_slice() else {
+        return None;
+    };
+    if dy_shape.len() != 4
+        || dy_shape[..2] != [batch, channels]
+        || indices.shape() != dy_shape
+        || x.dtype() != output_grad.dtype()
+    {
+        return None;
+    }
+    let (output_grad, indices) = (output_grad.to_contiguous(), indices.to_contiguous());
+    let indices = indices.as_slice::<i32>()?;
+    let (planes, plane_in) = (batch * channels, height * width);
+    let shape = x_shape.as_slice().to_vec();
+    let dx = match output_grad.dtype() {
+        DType::F32 => {
+            let dy = output_grad.as_slice::<f32>()?;
+            TensorData::new(scatter(planes, plane_in, indices, dy)?, shape)
+        }
+        DType::F64 => {
+            let dy = output_grad.as_slice::<f64>()?;
+            TensorData::new(scatter(planes, plane_in, indices, dy)?, shape)
+        }
+        _ => return None,
+    };
+    Some(FlexTensor::from_data(dx))
 }
 
 /// burn's own max-pool on the cubecl backends (wgpu, cuda).
@@ -369,22 +464,53 @@ impl PoolOps for Flex {
         }
     }
 
+    fn max_pool2d_dense_with_indices(
+        x: FlexTensor,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> (FlexTensor, FlexTensor) {
+        let geometry = Geometry::new(x.shape().as_slice(), kernel, stride, padding)
+            .filter(|g| i32::try_from(g.plane_in()).is_ok());
+        match (geometry, x.dtype()) {
+            (Some(g), DType::F32) => host_forward_indexed::<f32>(&g, &x),
+            (Some(g), DType::F64) => host_forward_indexed::<f64>(&g, &x),
+            _ => {
+                let pooled = Flex::max_pool2d_with_indices(
+                    x,
+                    kernel,
+                    stride,
+                    padding,
+                    [1, 1],
+                    false,
+                    IntDType::I32,
+                );
+                (pooled.output, pooled.indices)
+            }
+        }
+    }
+
     fn max_pool2d_dense_backward(
         x: FlexTensor,
         kernel: [usize; 2],
         stride: [usize; 2],
         padding: [usize; 2],
         output_grad: FlexTensor,
+        indices: FlexTensor,
     ) -> FlexTensor {
-        let geometry = Geometry::new(x.shape().as_slice(), kernel, stride, padding).filter(|g| {
-            let (x, dy) = (x.shape(), output_grad.shape());
-            dy.as_slice() == [x[0], x[1], g.size_out[0], g.size_out[1]]
-        });
-        match (geometry, x.dtype(), output_grad.dtype()) {
-            (Some(g), DType::F32, DType::F32) => host_backward::<f32>(&g, &x, &output_grad),
-            (Some(g), DType::F64, DType::F64) => host_backward::<f64>(&g, &x, &output_grad),
-            _ => burn_backward::<Flex>(x, kernel, stride, padding, output_grad),
-        }
+        host_backward(&x, &output_grad, &indices).unwrap_or_else(|| {
+            Flex::max_pool2d_with_indices_backward(
+                x,
+                kernel,
+                stride,
+                padding,
+                [1, 1],
+                false,
+                output_grad,
+                indices,
+            )
+            .x_grad
+        })
     }
 }
 
@@ -393,15 +519,20 @@ impl PoolOps for Flex {
 struct MaxPool2dBackward;
 
 impl<B: Backend + PoolOps> Backward<B, 1> for MaxPool2dBackward {
-    /// The input, and the kernel, stride and padding.
-    type State = (B::FloatTensorPrimitive, [[usize; 2]; 3]);
+    /// The input, each output's index of its maximum, and the kernel, stride and padding.
+    type State = (
+        B::FloatTensorPrimitive,
+        B::IntTensorPrimitive,
+        [[usize; 2]; 3],
+    );
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [input_node] = ops.parents;
         let output_grad = grads.consume::<B>(&ops.node);
-        let (x, [kernel, stride, padding]) = ops.state;
+        let (x, indices, [kernel, stride, padding]) = ops.state;
         if let Some(node) = input_node {
-            let grad = B::max_pool2d_dense_backward(x, kernel, stride, padding, output_grad);
+            let grad =
+                B::max_pool2d_dense_backward(x, kernel, stride, padding, output_grad, indices);
             grads.register::<B>(node.id, grad);
         }
     }
@@ -421,8 +552,9 @@ impl<B: Backend + PoolOps, C: CheckpointStrategy> PoolOps for Autodiff<B, C> {
         let x = x.into_primitive();
         match prepared {
             OpsKind::Tracked(prep) => {
-                let output = B::max_pool2d_dense(x.clone(), kernel, stride, padding);
-                prep.finish((x, [kernel, stride, padding]), output)
+                let (output, indices) =
+                    B::max_pool2d_dense_with_indices(x.clone(), kernel, stride, padding);
+                prep.finish((x, indices, [kernel, stride, padding]), output)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::max_pool2d_dense(x, kernel, stride, padding))
@@ -433,6 +565,7 @@ impl<B: Backend + PoolOps, C: CheckpointStrategy> PoolOps for Autodiff<B, C> {
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::ops::ModuleOps;
     use burn::nn::pool::MaxPool2dConfig;
     use burn::tensor::Distribution;
     use proptest::prelude::*;
@@ -477,15 +610,67 @@ mod tests {
         assert_eq!(ours, theirs);
         let eval_x = Tensor::<4>::from_data(TensorData::new(values, shape), &default_device());
         assert_eq!(
+            indices(
+                pooling,
+                &eval_x,
+                <Dispatch as PoolOps>::max_pool2d_dense_with_indices
+            ),
+            indices(pooling, &eval_x, |x, kernel, stride, padding| {
+                let pooled = <Dispatch as ModuleOps<Dispatch>>::max_pool2d_with_indices(
+                    x,
+                    kernel,
+                    stride,
+                    padding,
+                    [1, 1],
+                    false,
+                    IntDType::I32,
+                );
+                (pooled.output, pooled.indices)
+            })
+        );
+        assert_eq!(
             max_pool2d(pooling, eval_x.clone()).into_data(),
             pooling.forward(eval_x).into_data()
         );
     }
 
-    /// `len` values drawn from a few levels, so that windows hold ties.
+    /// The indices of each output's maximum, by `run`, for a pool of `pooling`'s options with
+    /// symmetric padding.
+    fn indices(
+        pooling: &MaxPool2d,
+        x: &Tensor<4>,
+        run: impl Fn(
+            FloatTensor<Dispatch>,
+            [usize; 2],
+            [usize; 2],
+            [usize; 2],
+        ) -> (FloatTensor<Dispatch>, IntTensor<Dispatch>),
+    ) -> Option<TensorData> {
+        let padding = match pooling.padding {
+            PaddingConfig2d::Valid => [0, 0],
+            PaddingConfig2d::Explicit(top, left, ..) => [top, left],
+            _ => return None,
+        };
+        let (_, indices) = run(
+            x.clone().into_dispatch(),
+            pooling.kernel_size,
+            pooling.stride,
+            padding,
+        );
+        Some(Tensor::<4, burn::tensor::Int>::from_dispatch(indices).into_data())
+    }
+
+    /// `len` pseudo-random values drawn from three levels (xorshift), so that windows hold ties
+    /// along rows, along columns and across both.
     fn tied_values(len: usize, seed: u64) -> Vec<f32> {
-        (0..len as u64)
-            .map(|i| ((i * 7919 + seed * 104_729) % 5) as f32 - 2.0)
+        let mut state = seed.wrapping_mul(2).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 3) as f32 - 1.0
+            })
             .collect()
     }
 
@@ -553,7 +738,9 @@ mod tests {
             .collect();
         let loss =
             |x: &[f64]| -> f64 { forward(&g, x).iter().zip(&probe).map(|(v, p)| v * p).sum() };
-        let gradient = backward(&g, &x, &probe);
+        let (values, indices) = forward_indexed(&g, &x);
+        assert_eq!(values, forward(&g, &x));
+        let gradient = scatter(g.planes, g.plane_in(), &indices, &probe).expect("valid indices");
         let step = 1e-6;
         for index in 0..x.len() {
             let [mut up, mut down] = [x.clone(), x.clone()];
@@ -566,6 +753,20 @@ mod tests {
                 gradient[index]
             );
         }
+    }
+
+    #[test]
+    fn indices_outside_their_plane_go_to_burn() {
+        let g = Geometry::new(&[1, 2, 4, 4], [2, 2], [2, 2], [0, 0]).expect("a valid pool");
+        let dy = vec![1.0f32; g.planes * g.plane_out()];
+        let mut indices = vec![0i32; dy.len()];
+        assert!(scatter(g.planes, g.plane_in(), &indices, &dy).is_some());
+        indices[3] = 16;
+        assert_eq!(scatter(g.planes, g.plane_in(), &indices, &dy), None);
+        assert_eq!(
+            scatter(g.planes, g.plane_in(), &indices[1..], &dy[1..]),
+            None
+        );
     }
 
     proptest! {
