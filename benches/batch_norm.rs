@@ -1,6 +1,7 @@
 //! Where a ResNet-18 training step spends its BatchNorm time: every batch normalisation of the
-//! paper's CIFAR ResNet-18 (width 64, batch 128, 3x32x32 input, max-pool kept), forward and
-//! backward with the batch's statistics, and the eval-mode forward, timed alone:
+//! paper's CIFAR ResNet-18 (width 64, batch 128, 3x32x32 input, max-pool kept), and then of the
+//! reference Fashion-MNIST setting (width 16, 1x28x28, small planes), forward and backward with the
+//! batch's statistics, and the eval-mode forward, timed alone:
 //!
 //! - burn: `batch_norm_train`, `batch_norm_train_backward` and `batch_norm` of burn's `ModuleOps`,
 //!   which `flex` runs as generic tensor ops;
@@ -15,7 +16,7 @@
 //! fused op (the addition and the ReLU in the normalisation's output pass; backward one parallel
 //! masking pass).
 //!
-//! `cargo bench --bench batch_norm` prints two Markdown tables and one JSON line per
+//! `cargo bench --bench batch_norm` prints three Markdown tables and one JSON line per network and
 //! implementation.
 
 /// The allocator and setting the `lacoot` binary uses (see `lacoot::memory`).
@@ -44,6 +45,15 @@ const SHAPES: [(&str, usize, usize, usize); 5] = [
     ("layer2 128 @8", 128, 8, 5),
     ("layer3 256 @4", 256, 4, 5),
     ("layer4 512 @2", 512, 2, 5),
+];
+
+/// The same for the reference Fashion-MNIST setting (width 16, 28x28), whose planes are small.
+const WIDTH16_SHAPES: [(&str, usize, usize, usize); 5] = [
+    ("stem 16 @28", 16, 28, 1),
+    ("layer1 16 @14", 16, 14, 4),
+    ("layer2 32 @7", 32, 7, 5),
+    ("layer3 64 @4", 64, 4, 5),
+    ("layer4 128 @2", 128, 2, 5),
 ];
 
 fn median_ms(run: impl FnMut()) -> f64 {
@@ -179,18 +189,19 @@ fn time_block_end(channels: usize, size: usize, device: &burn::tensor::Device) -
     [separate, fused]
 }
 
-fn main() {
-    lacoot::memory::keep_freed_memory();
-    let device = default_device();
+/// The first table for one network's `shapes`, and its JSON lines.
+fn normalization_table(
+    network: &str,
+    shapes: &[(&str, usize, usize, usize)],
+    device: &burn::tensor::Device,
+) {
     let threads = rayon::current_num_threads();
-    println!(
-        "ResNet-18 (CIFAR) batch norms, batch {BATCH}, {threads} threads: burn flex / lacoot, ms"
-    );
+    println!("{network} batch norms, batch {BATCH}, {threads} threads: burn flex / lacoot, ms");
     println!("| shape | count | train forward | backward | eval forward |");
     println!("|---|---:|---:|---:|---:|");
     let mut totals = [[0.0f64; 3]; 2];
-    for (name, channels, size, count) in SHAPES {
-        let times = time_shape(channels, size, &device);
+    for &(name, channels, size, count) in shapes {
+        let times = time_shape(channels, size, device);
         let cells: Vec<String> = (0..3)
             .map(|pass| format!("{:.2} / {:.2}", times[0][pass], times[1][pass]))
             .collect();
@@ -207,10 +218,23 @@ fn main() {
     println!("| **network** | | {} |", cells.join(" | "));
     for (implementation, total) in ["burn", "lacoot"].iter().zip(&totals) {
         println!(
-            "{{\"implementation\":\"{implementation}\",\"threads\":{threads},\"train_forward_ms\":{:.3},\"backward_ms\":{:.3},\"eval_forward_ms\":{:.3}}}",
+            "{{\"network\":\"{network}\",\"implementation\":\"{implementation}\",\"threads\":{threads},\"train_forward_ms\":{:.3},\"backward_ms\":{:.3},\"eval_forward_ms\":{:.3}}}",
             total[0], total[1], total[2]
         );
     }
+}
+
+fn main() {
+    lacoot::memory::keep_freed_memory();
+    let device = default_device();
+    let threads = rayon::current_num_threads();
+    normalization_table("ResNet-18 (CIFAR)", &SHAPES, &device);
+    println!();
+    normalization_table(
+        "ResNet-18 width 16 (Fashion-MNIST)",
+        &WIDTH16_SHAPES,
+        &device,
+    );
 
     println!();
     println!("relu(bn(x) + residual), batch {BATCH}, {threads} threads: separate / fused, ms");

@@ -366,8 +366,7 @@ fn scatter<T: Element>(
     indices: &[i32],
     dy: &[T],
 ) -> Option<Vec<T>> {
-    let outside = |&index: &i32| usize::try_from(index).is_ok_and(|index| index >= plane_in);
-    if indices.len() != dy.len() || indices.iter().any(outside) {
+    if indices.len() != dy.len() {
         return None;
     }
     let mut dx = vec![T::ZERO; planes * plane_in];
@@ -379,13 +378,14 @@ fn scatter<T: Element>(
         .zip(indices.par_chunks(plane_out))
         .zip(dy.par_chunks(plane_out))
         .with_min_len((PARALLEL_GRAIN / plane_in).max(1))
-        .for_each(|((dx_plane, indices), dy_plane)| {
+        .try_for_each(|((dx_plane, indices), dy_plane)| {
             for (&index, &gradient) in indices.iter().zip(dy_plane) {
                 if let Ok(index) = usize::try_from(index) {
-                    dx_plane[index] += gradient;
+                    *dx_plane.get_mut(index)? += gradient;
                 }
             }
-        });
+            Some(())
+        })?;
     Some(dx)
 }
 
