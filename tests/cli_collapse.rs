@@ -79,6 +79,37 @@ fn collapse_writes_everything_and_the_saved_model_reproduces_its_accuracy() {
     .unwrap();
     assert_eq!(eval["accuracy"].as_f64().unwrap(), reported);
 
+    // With recalibrated batch-norm statistics, the saved model carries them: eval reproduces the
+    // reported accuracy again, and the report says what was done.
+    ok(lacoot()
+        .args(["collapse", "--run", run_arg, "--max-drop", "100"])
+        .args(["--latency-repeats", "1", "--num-projections", "16"])
+        .args(["--batch-size", "10", "--recalibrate-bn", "4"])
+        .output()
+        .unwrap());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["settings"]["recalibration_batches"], 4);
+    let chosen = report["chosen"].as_u64().unwrap() as usize;
+    assert!(chosen > 0, "max-drop 100 removes blocks");
+    let eval: serde_json::Value = serde_json::from_str(&ok(lacoot()
+        .args(["eval", "--json", "--model"])
+        .arg(out.join("model"))
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(
+        eval["accuracy"].as_f64().unwrap(),
+        report["steps"][chosen]["test"]["accuracy"]
+            .as_f64()
+            .unwrap()
+    );
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        markdown.contains("re-estimated from 4 training batches"),
+        "{markdown}"
+    );
+
     let impossible = lacoot()
         .args(["collapse", "--run", run_arg, "--target-macs", "1K"])
         .output()

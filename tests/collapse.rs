@@ -60,6 +60,7 @@ fn settings(criterion: Criterion) -> CollapseSettings {
             warmup: 0,
             repeats: 1,
         },
+        recalibration_batches: 0,
     }
 }
 
@@ -340,5 +341,39 @@ fn nonsense_settings_fail_before_any_work() {
             Err(CollapseError::Settings(_)) => {}
             other => panic!("expected a settings error, got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn batch_norm_recalibration_changes_the_shallower_networks_only_and_repeats_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = trained_run(tmp.path());
+    let (plain, _) = collapse(&run, &settings(Criterion::Mswd), &|_| {}).unwrap();
+    let recalibrating = CollapseSettings {
+        recalibration_batches: 3,
+        ..settings(Criterion::Mswd)
+    };
+    let (recalibrated, _) = collapse(&run, &recalibrating, &|_| {}).unwrap();
+    // The scores and the full network are the trained ones.
+    assert_eq!(recalibrated.order, plain.order);
+    assert_eq!(recalibrated.steps[0].selection, plain.steps[0].selection);
+    assert_eq!(recalibrated.steps[0].test, plain.steps[0].test);
+    // The networks with removals normalise with new statistics.
+    assert!(
+        plain.steps[1..]
+            .iter()
+            .zip(&recalibrated.steps[1..])
+            .all(|(a, b)| a.selection.loss != b.selection.loss),
+        "every shallower network's validation loss moves"
+    );
+    let markdown = lacoot::report::collapse_markdown(&recalibrated);
+    assert!(
+        markdown.contains("re-estimated from 3 training batches"),
+        "{markdown}"
+    );
+    assert!(!lacoot::report::collapse_markdown(&plain).contains("re-estimated"));
+    let (again, _) = collapse(&run, &recalibrating, &|_| {}).unwrap();
+    for (a, b) in again.steps.iter().zip(&recalibrated.steps) {
+        assert_eq!((a.selection, a.test), (b.selection, b.test));
     }
 }

@@ -4,6 +4,7 @@
 
 mod criteria;
 mod latency;
+mod recalibrate;
 pub mod saved;
 
 use std::collections::BTreeMap;
@@ -14,8 +15,9 @@ use burn::module::Module;
 
 pub use criteria::{Criterion, ScoreSettings, static_scores};
 pub use latency::{Latency, LatencySettings, interleaved_latencies};
+pub use recalibrate::recalibrate_batch_norm;
 
-use crate::data::{DataSource, ImageSet, Normalization, load_splits};
+use crate::data::{Augmentation, DataSource, ImageSet, Normalization, load_splits};
 use crate::device::default_device;
 use crate::models::ModelSpec;
 use crate::models::weights::load_torch_weights;
@@ -44,6 +46,9 @@ pub enum CollapseError {
     /// No removal meets the budget.
     #[error("no removal meets the budget: {0}")]
     Budget(String),
+    /// The batch-norm statistics could not be read or written back while recalibrating.
+    #[error("batch-norm recalibration: {0}")]
+    Recalibration(String),
     /// A score or loss is NaN or infinite (the model's weights may be broken).
     #[error("{0}")]
     NonFinite(String),
@@ -74,6 +79,10 @@ pub struct CollapseSettings {
     pub score: ScoreSettings,
     /// How latency is measured.
     pub latency: LatencySettings,
+    /// Training batches whose statistics re-estimate every batch-norm layer's running statistics
+    /// after each removal (no weight changes; see [`recalibrate_batch_norm`]); 0 keeps the trained
+    /// statistics, as the paper does.
+    pub recalibration_batches: usize,
 }
 
 impl CollapseSettings {
@@ -127,11 +136,11 @@ impl ScoreSplit {
         }
     }
 
-    /// This split of a data set, given its validation and training splits.
-    pub fn pick(self, validation: ImageSet, train: ImageSet) -> ImageSet {
+    /// This split of a data set, given its validation and (shared) training splits.
+    pub fn pick(self, validation: ImageSet, train: &Arc<ImageSet>) -> Arc<ImageSet> {
         match self {
-            Self::Val => validation,
-            Self::Train => train,
+            Self::Val => Arc::new(validation),
+            Self::Train => train.clone(),
         }
     }
 }
@@ -212,6 +221,10 @@ pub struct CollapseInput {
     pub selection: Arc<ImageSet>,
     /// The test split (reported, never used for a choice).
     pub test: Arc<ImageSet>,
+    /// The training split (batch-norm recalibration draws its batches from it).
+    pub train: Arc<ImageSet>,
+    /// The augmentation the network was trained with (recalibration batches are augmented alike).
+    pub train_augmentation: Option<Augmentation>,
     /// Order of the Wasserstein distance the scores use.
     pub p: f64,
     /// The saved model's manifest before the collapse (no removals, no accuracies yet); its
@@ -231,10 +244,13 @@ impl CollapseInput {
             record.config.seed,
         )?;
         record.check_data(&splits)?;
+        let train = Arc::new(splits.train);
         Ok(Self {
             model,
-            selection: Arc::new(split.pick(splits.validation, splits.train)),
+            selection: split.pick(splits.validation, &train),
             test: Arc::new(splits.test),
+            train,
+            train_augmentation: record.config.augmentation,
             p: record.config.p,
             manifest: Manifest::before_collapse(&record, &run.root),
             note: None,
@@ -283,10 +299,13 @@ impl CollapseInput {
             selection_accuracy: 0.0,
             test_accuracy: 0.0,
         };
+        let train = Arc::new(splits.train);
         Ok(Self {
             model: model.valid(),
-            selection: Arc::new(split.pick(splits.validation, splits.train)),
+            selection: split.pick(splits.validation, &train),
             test: Arc::new(splits.test),
+            train,
+            train_augmentation: import.augmentation,
             p: 2.0,
             manifest,
             note: Some(format!(
@@ -315,6 +334,8 @@ pub struct WeightsImport {
     /// The normalisation the network was trained with; computed from the training split if
     /// absent.
     pub normalization: Option<Normalization>,
+    /// The augmentation the network was trained with, for batch-norm recalibration.
+    pub augmentation: Option<Augmentation>,
 }
 
 /// Collapses the best checkpoint of `run` as `settings` ask; `progress` hears about each step.
@@ -407,11 +428,27 @@ pub fn collapse_network(
         order
     };
 
+    // Each removal starts from the previous network with its trained statistics, so a
+    // recalibration never feeds the next one.
     let mut networks = vec![model.clone()];
-    for block in &order {
-        let mut next = networks.last().expect("the full network").clone();
-        next.remove_blocks(std::slice::from_ref(block))?;
-        networks.push(next);
+    let mut removed = model.clone();
+    for (k, block) in order.iter().enumerate() {
+        removed.remove_blocks(std::slice::from_ref(block))?;
+        if settings.recalibration_batches > 0 {
+            progress(&format!(
+                "step {}: re-estimating batch-norm statistics over {} training batches",
+                k + 1,
+                settings.recalibration_batches
+            ));
+        }
+        networks.push(recalibrate_batch_norm(
+            &removed,
+            &input.train,
+            normalization,
+            input.train_augmentation,
+            settings.recalibration_batches,
+            batch_size,
+        )?);
     }
     let mut evaluations = Vec::with_capacity(networks.len());
     for (k, network) in networks.iter().enumerate() {

@@ -22,7 +22,7 @@ pub fn collapse_markdown(report: &CollapseReport) -> String {
     }
     let _ = writeln!(
         out,
-        "Criterion `{:?}`, removable blocks `{:?}`, budget: {} accuracy drop ≤ {} points{}. Data: {}. No finetuning.\n",
+        "Criterion `{:?}`, removable blocks `{:?}`, budget: {} accuracy drop ≤ {} points{}. Data: {}. No finetuning{}.\n",
         s.criterion,
         s.blocks,
         report.selection_split,
@@ -31,7 +31,13 @@ pub fn collapse_markdown(report: &CollapseReport) -> String {
             ", MACs ≤ {:.2} M",
             t as f64 / 1e6
         )),
-        report.data
+        report.data,
+        match s.recalibration_batches {
+            0 => String::new(),
+            n => format!(
+                "; after each removal the batch-norm running statistics were re-estimated from {n} training batches (forward passes only, no weight changed)"
+            ),
+        }
     );
     let _ = writeln!(
         out,

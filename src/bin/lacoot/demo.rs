@@ -97,6 +97,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             warmup: 3,
             repeats: 25,
         },
+        recalibration_batches: 0,
     };
     settings.validate()?;
     for (name, _) in members {

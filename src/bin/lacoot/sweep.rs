@@ -88,6 +88,11 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 25)]
     latency_repeats: usize,
 
+    /// Collapse: training batches that re-estimate the batch-norm statistics after each removal
+    /// (no weight changes; 0 keeps the trained statistics). See `lacoot collapse --help`.
+    #[arg(long, default_value_t = 0, value_name = "BATCHES")]
+    recalibrate_bn: usize,
+
     #[command(flatten)]
     settings: TrainSettingsArgs,
 }
@@ -213,6 +218,7 @@ pub fn run(args: &SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
                     warmup: 3,
                     repeats: args.latency_repeats,
                 },
+                recalibration_batches: args.recalibrate_bn,
             },
         };
         if args.jobs > 1 {
