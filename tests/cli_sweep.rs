@@ -120,6 +120,25 @@ fn a_sweep_trains_collapses_and_reports_every_member_once() {
     assert_eq!(progress.matches("skipped").count(), 4, "{progress}");
     assert_eq!(most_at_once(&progress), 1, "--jobs 1: {progress}");
 
+    // Other collapse settings on finished members: collapsed again, not retrained.
+    let trained = metrics(&out.join("lambda-0-seed-0"));
+    let recollapsed = sweep(
+        tmp.path(),
+        &out,
+        &["--lambdas", "0", "--seeds", "0", "--recalibrate-bn", "2"],
+    );
+    let progress = String::from_utf8(recollapsed.stderr.clone()).unwrap();
+    ok(recollapsed);
+    assert_eq!(progress.matches(": done in").count(), 1, "{progress}");
+    assert_eq!(metrics(&out.join("lambda-0-seed-0")), trained);
+    let member = read_json(&out.join("lambda-0-seed-0/collapse/report.json"));
+    assert_eq!(member["settings"]["recalibration_batches"], 2);
+    let markdown = std::fs::read_to_string(out.join("sweep/report.md")).unwrap();
+    assert!(
+        markdown.contains("in 1 of 4 members: `lambda-0-seed-0` (2)"),
+        "{markdown}"
+    );
+
     // A shard of a larger sweep runs only its members; the report covers what has finished.
     let shard = sweep(
         tmp.path(),

@@ -64,6 +64,8 @@ pub struct MemberResult {
     pub chosen: usize,
     /// The `lacoot train` command that trained it, but for `--seed` and `--out`.
     pub training: String,
+    /// Training batches that re-estimated its batch-norm statistics after each removal (0: none).
+    pub recalibration_batches: usize,
 }
 
 /// One step (blocks removed) of a λ, over its seeds.
@@ -191,6 +193,9 @@ fn read_member(folder: &Path) -> Result<Option<(MemberResult, String)>, PublishE
             steps,
             chosen,
             training: record.config.train_command(),
+            recalibration_batches: json["settings"]["recalibration_batches"]
+                .as_u64()
+                .unwrap_or(0) as usize,
         },
         split,
     )))
@@ -333,6 +338,27 @@ pub fn sweep_markdown(report: &SweepReport) -> String {
         out,
         "Every accuracy names its split. Choices (the chosen step of each collapse, the frontier) are made on the **{split}** split; **test** accuracy is reported beside them. Mean ± standard deviation over seeds.\n"
     );
+    let recalibrated: Vec<String> = report
+        .members
+        .iter()
+        .filter(|m| m.recalibration_batches > 0)
+        .map(|m| {
+            format!(
+                "`{}` ({})",
+                m.folder.file_name().unwrap_or_default().to_string_lossy(),
+                m.recalibration_batches
+            )
+        })
+        .collect();
+    if !recalibrated.is_empty() {
+        let _ = writeln!(
+            out,
+            "Batch-norm running statistics re-estimated after each removal from training batches (`--recalibrate-bn`, no weight changed) in {} of {} members: {}.\n",
+            recalibrated.len(),
+            report.members.len(),
+            recalibrated.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "| λ | seeds | full {split} acc. | full test acc. | blocks removed within budget | chosen {split} acc. | chosen test acc. | MACs ÷ | measured ×b64 |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"

@@ -216,20 +216,32 @@ pub fn run_member(plan: &SweepPlan, member: &Member) -> Result<bool, SweepError>
                 difference,
             });
         }
-        if epochs_done(&run) >= config.epochs
-            && recorded.epochs == config.epochs
-            && report.is_file()
-        {
+        let trained = epochs_done(&run) >= config.epochs && recorded.epochs == config.epochs;
+        if trained && collapsed_with(&report, &plan.collapse) {
             return Ok(false);
         }
-        RunStart::Resume
+        // Trained already, but not collapsed, or collapsed with other settings: collapse again.
+        (!trained).then_some(RunStart::Resume)
     } else {
-        RunStart::New
+        Some(RunStart::New)
     };
-    train(&config, &run, start, &Silent)?;
+    if let Some(start) = start {
+        train(&config, &run, start, &Silent)?;
+    }
     let (collapse_report, model) = collapse(&run, &plan.collapse, &|_| {})?;
     publish_collapse(&run, &collapse_report, &model)?;
     Ok(true)
+}
+
+/// Whether the collapse report at `path` exists and was made with `settings`.
+fn collapsed_with(path: &Path, settings: &CollapseSettings) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let recorded = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|report| report.get("settings").cloned());
+    recorded == Some(serde_json::to_value(settings).expect("settings serialise"))
 }
 
 /// Runs the members of `plan` under `root` (those of `shard` only, if given), one after the other.
