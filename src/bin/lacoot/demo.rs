@@ -54,6 +54,12 @@ pub struct DemoArgs {
     /// Accuracy drop (points) allowed when choosing how many blocks to remove.
     #[arg(long, default_value_t = 1.0)]
     max_drop: f64,
+    /// Re-estimate the batch-norm statistics of every shallower network of both runs from this
+    /// many training batches (no weight changes; see `lacoot collapse --help`). 0 keeps the
+    /// trained statistics, as the paper does; 200 shows how much of the baseline's loss is its
+    /// stale statistics rather than the missing blocks.
+    #[arg(long, default_value_t = 0, value_name = "BATCHES")]
+    recalibrate_bn: usize,
     /// Seed of both runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -97,7 +103,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             warmup: 3,
             repeats: 25,
         },
-        recalibration_batches: 0,
+        recalibration_batches: args.recalibrate_bn,
     };
     settings.validate()?;
     for (name, _) in members {
