@@ -31,7 +31,8 @@ const RECALIBRATION_SEED: u64 = 0x5EED_BA7C;
 /// `passes / 2` batches instead of the `1 / momentum` an exponential average remembers (10 at
 /// burn's default momentum of 0.1), and by the second half the trained statistics weigh at most
 /// `(1 − momentum)^(passes / 2)` (3e-5 after 200 passes). Weights, biases and the affine
-/// parameters are not touched; `passes == 0` returns the network unchanged.
+/// parameters are not touched. A network without batch norm (Swin-T), or `passes == 0`, is
+/// returned unchanged.
 pub fn recalibrate_batch_norm(
     network: &Network,
     set: &Arc<ImageSet>,
@@ -40,7 +41,10 @@ pub fn recalibrate_batch_norm(
     passes: usize,
     batch_size: usize,
 ) -> Result<Network, CollapseError> {
-    if passes == 0 {
+    let has_statistics = !network
+        .collect(Some(running_statistics()), None, false)
+        .is_empty();
+    if passes == 0 || !has_statistics {
         return Ok(network.clone());
     }
     let batch_size = batch_size.min(set.len());
@@ -80,6 +84,11 @@ fn is_running_statistic(path: &str, _container: &str) -> bool {
     path.ends_with("running_mean") || path.ends_with("running_var")
 }
 
+/// The filter that keeps the batch-norm running statistics.
+fn running_statistics() -> PathFilter {
+    PathFilter::new().with_predicate(is_running_statistic)
+}
+
 /// Sums of the running statistics over snapshots, by tensor path.
 #[derive(Default)]
 struct StatisticsAverage {
@@ -92,8 +101,7 @@ impl StatisticsAverage {
     /// layer next reads its statistics, so a snapshot may lag one batch; over an average of many
     /// snapshots that shifts the window by one batch.)
     fn add(&mut self, model: &Network) -> Result<(), CollapseError> {
-        let filter = PathFilter::new().with_predicate(is_running_statistic);
-        for tensor in model.collect(Some(filter), None, false) {
+        for tensor in model.collect(Some(running_statistics()), None, false) {
             let data = to_data(&tensor).map_err(|e| snapshot_error(&tensor.name, e))?;
             let values: Vec<f32> = data
                 .convert::<f32>()
@@ -122,8 +130,7 @@ impl StatisticsAverage {
                 from_data(TensorData::new(mean, shape), name, None)
             })
             .collect();
-        let filter = PathFilter::new().with_predicate(is_running_statistic);
-        let result = model.apply(tensors, Some(filter), None, false);
+        let result = model.apply(tensors, Some(running_statistics()), None, false);
         match result.errors.first() {
             None => Ok(()),
             Some(error) => Err(snapshot_error("running statistics", format!("{error:?}"))),
@@ -322,6 +329,24 @@ mod tests {
         let trained = weights(&network);
         assert!(trained.len() > 20, "{} weight tensors", trained.len());
         assert_eq!(weights(&recalibrated), trained);
+    }
+
+    #[test]
+    fn a_network_without_batch_norm_is_returned_as_it_is() {
+        // Swin-T normalises with LayerNorm, which keeps no statistics: nothing to estimate, so
+        // not even a split too small for a batch is a problem.
+        let spec = ModelSpec {
+            width: 12,
+            ..ModelSpec::new(Architecture::SwinT, 3, 8, 3)
+        };
+        let swin = spec.build(&default_device()).expect("a valid spec").valid();
+        let (_, one_image, normalization) = network_and_images(1);
+        let same = recalibrate_batch_norm(&swin, &one_image, &normalization, None, 50, 128)
+            .expect("nothing to do");
+        assert_eq!(
+            logits(&same, &one_image, &normalization),
+            logits(&swin, &one_image, &normalization)
+        );
     }
 
     #[test]
