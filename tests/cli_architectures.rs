@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{lacoot, ok, read_json};
+use common::{assert_eval_reproduces_chosen, lacoot, ok, read_json};
 
 /// Trains `model_flags` for two epochs with the regulariser, collapses it, and checks that the
 /// saved model reproduces the reported accuracy; returns the collapse report.
@@ -31,19 +31,7 @@ fn train_and_collapse(data: &Path, run: &Path, model_flags: &[&str]) -> serde_js
         .output()
         .unwrap());
     let report = read_json(&run.join("collapse/report.json"));
-    let chosen = report["chosen"].as_u64().unwrap() as usize;
-    let eval: serde_json::Value = serde_json::from_str(&ok(lacoot()
-        .args(["eval", "--json", "--model"])
-        .arg(run.join("collapse/model"))
-        .output()
-        .unwrap()))
-    .unwrap();
-    assert_eq!(
-        eval["accuracy"].as_f64().unwrap(),
-        report["steps"][chosen]["test"]["accuracy"]
-            .as_f64()
-            .unwrap()
-    );
+    assert_eval_reproduces_chosen(&run.join("collapse/model"), &report);
     report
 }
 

@@ -184,7 +184,12 @@ mod tests {
         (network, Arc::new(set), normalization)
     }
 
-    fn logits(network: &Network, set: &Arc<ImageSet>, normalization: &Normalization) -> Vec<f32> {
+    /// The whole set as one batch of images on `device`.
+    fn whole_set(
+        set: &Arc<ImageSet>,
+        normalization: &Normalization,
+        device: &burn::tensor::Device,
+    ) -> burn::tensor::Tensor<4> {
         let plan = BatchPlan {
             batch_size: set.len(),
             shuffle: false,
@@ -196,9 +201,12 @@ mod tests {
             .next()
             .expect("one batch")
             .expect("a valid batch");
-        let (images, _) = batch.to_tensors(&default_device());
+        batch.to_tensors(device).0
+    }
+
+    fn logits(network: &Network, set: &Arc<ImageSet>, normalization: &Normalization) -> Vec<f32> {
         network
-            .forward(images)
+            .forward(whole_set(set, normalization, &default_device()))
             .into_data()
             .try_to_vec()
             .expect("f32 logits")
@@ -229,23 +237,11 @@ mod tests {
             recalibrate_batch_norm(&network, &set, &other, None, 40, 16).expect("recalibrated");
         let recalibrated = recalibrate_batch_norm(&broken, &set, &normalization, None, 300, 16)
             .expect("recalibrated");
-        let batch_statistics = {
+        let batch_statistics: Vec<f32> = {
             let device = autodiff_device();
             let model = network.fork(&device).train().no_grad();
-            let plan = BatchPlan {
-                batch_size: 16,
-                shuffle: false,
-                drop_last: false,
-                augmentation: None,
-                seed: 0,
-            };
-            let batch = batches(set.clone(), normalization.clone(), plan, 0)
-                .next()
-                .expect("one batch")
-                .expect("a valid batch");
-            let (images, _) = batch.to_tensors(&device);
-            let out: Vec<f32> = model.forward(images).into_data().try_to_vec().expect("f32");
-            out
+            let images = whole_set(&set, &normalization, &device);
+            model.forward(images).into_data().try_to_vec().expect("f32")
         };
         let before = logits(&broken, &set, &normalization);
         let after = logits(&recalibrated, &set, &normalization);

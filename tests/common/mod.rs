@@ -159,3 +159,23 @@ pub fn write_toy_data(root: &Path, per_class: usize) {
         .unwrap();
     }
 }
+
+/// Runs `lacoot eval --json --model MODEL` on a collapsed model and asserts that it reproduces the
+/// test accuracy its collapse `report` gives for the chosen step.
+pub fn assert_eval_reproduces_chosen(model: &Path, report: &serde_json::Value) {
+    let printed = ok(lacoot()
+        .args(["eval", "--json", "--model"])
+        .arg(model)
+        .output()
+        .unwrap());
+    let eval: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let chosen = report["chosen"].as_u64().unwrap() as usize;
+    assert_eq!(
+        eval["accuracy"].as_f64().unwrap(),
+        report["steps"][chosen]["test"]["accuracy"]
+            .as_f64()
+            .unwrap(),
+        "{}",
+        model.display()
+    );
+}
