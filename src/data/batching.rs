@@ -33,6 +33,17 @@ pub struct Augmentation {
     pub horizontal_flip: bool,
 }
 
+impl Augmentation {
+    /// The augmentation a random-crop padding (0: no crop) and a flip choice describe; none when
+    /// both are off.
+    pub fn from_flags(crop_padding: usize, horizontal_flip: bool) -> Option<Self> {
+        (crop_padding > 0 || horizontal_flip).then_some(Self {
+            crop_padding,
+            horizontal_flip,
+        })
+    }
+}
+
 /// How a pass over a set is cut into batches.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchPlan {

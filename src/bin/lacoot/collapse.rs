@@ -137,9 +137,9 @@ pub struct CollapseArgs {
 
     /// After each removal, re-estimate every batch-norm layer's running statistics from this many
     /// training batches, augmented as in training (forward passes only: no weight changes, no
-    /// finetuning). The layers behind a removed block see shifted activations; 100 batches let the
-    /// trained statistics fade to 3e-5. 0 (the default) keeps the trained statistics, as the paper
-    /// does.
+    /// finetuning), averaged over the second half of the passes. The layers behind a removed
+    /// block see shifted activations; after 200 batches the trained statistics weigh 3e-5. 0 (the
+    /// default) keeps the trained statistics, as the paper does.
     #[arg(long, default_value_t = 0, value_name = "BATCHES")]
     recalibrate_bn: usize,
 }
@@ -180,10 +180,7 @@ fn weights_import(args: &CollapseArgs, weights: &Path) -> Result<WeightsImport> 
         validation_fraction: args.validation_fraction,
         seed: args.seed,
         normalization,
-        augmentation: (args.crop_padding > 0 || !args.no_flip).then_some(Augmentation {
-            crop_padding: args.crop_padding,
-            horizontal_flip: !args.no_flip,
-        }),
+        augmentation: Augmentation::from_flags(args.crop_padding, !args.no_flip),
     })
 }
 

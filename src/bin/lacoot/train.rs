@@ -197,10 +197,7 @@ impl TrainSettingsArgs {
     pub fn config(&self) -> Result<TrainConfig> {
         let data =
             DataSource::from_name(&self.data, self.data_dir.clone()).map_err(anyhow::Error::msg)?;
-        let augmentation = (self.crop_padding > 0 || !self.no_flip).then_some(Augmentation {
-            crop_padding: self.crop_padding,
-            horizontal_flip: !self.no_flip,
-        });
+        let augmentation = Augmentation::from_flags(self.crop_padding, !self.no_flip);
         Ok(TrainConfig {
             architecture: self.architecture.model,
             stem: self.architecture.stem,
