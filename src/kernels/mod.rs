@@ -13,11 +13,18 @@
 //! | `max_pool` | `MaxPool2d::forward` (dilation 1, floor mode, symmetric padding) and its backward | window ranges computed once per call and separable pooling (window rows reduced column by column, then across the window's columns); training keeps `i32` indices found in the same pass and the backward scatters through them, instead of flex's 3-D pooling that recomputes the window's range with divisions for every output value (`cargo bench --bench pooling`) |
 //! | `column_order` | `argsort` along the rows in the distances | on the GPU backends a rank kernel on the device instead of burn's read-back, host sort and upload (no synchronisation in a training step, `tests/gpu.rs`); on `flex` integer-key sorts of the columns in parallel |
 //! | `projection` | `matmul` of point clouds by directions in the distances | the narrow `[n, d] × [d, L]` product split along `d` across threads, SIMD per processor (`cargo bench --bench mswd`) |
+//!
+//! Between the tap-by-tap convolutions of small planes, activations stay position-major
+//! ([`position_major`]: `[H, W, B, C]` behind a strided `[B, C, H, W]` view): the convolutions
+//! read and write that order, and the batch norms normalise it where it lies, so the layers of a
+//! CIFAR network's last stages pass their activations and gradients on without converting them to
+//! NCHW and back (`lacoot train`'s width-16 epoch, BENCHMARKS.md "CPU speed, session 16").
 
 pub mod batch_norm;
 pub mod column_order;
 pub mod conv2d;
 pub mod max_pool;
+mod position_major;
 pub(crate) mod projection;
 
 pub use batch_norm::{Rectifier, batch_norm, batch_norm_rectified};

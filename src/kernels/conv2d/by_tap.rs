@@ -15,6 +15,8 @@
 //! in the same order whatever the thread count (`gemm` splits rows and columns, never the shared
 //! dimension), so the results are reproducible.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use super::{Element, Geometry, product};
@@ -167,12 +169,73 @@ fn layouts(g: &Geometry) -> [PhaseLayout; 2] {
     ]
 }
 
-/// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
-pub(super) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
+/// An activation `[B, C, H, W]` as it arrives: NCHW planes, or position-major rows
+/// (`[H·W, B, C]`, the order this scheme computes in and hands on).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Activation<'a, T> {
+    Planes(&'a [T]),
+    Rows(&'a [T]),
+}
+
+impl<'a, T: Element> Activation<'a, T> {
+    /// The values in the slots of `layout`: position-major rows at stride 1 as they are, a copy
+    /// of whole rows into the phases otherwise, a transposition of NCHW planes.
+    fn in_slots(self, [images, channels]: [usize; 2], layout: &PhaseLayout) -> Cow<'a, [T]> {
+        let row = images * channels;
+        match self {
+            Self::Planes(planes) => {
+                Cow::Owned(to_position_major(planes, [images, channels], layout))
+            }
+            Self::Rows(rows) if layout.stride == [1, 1] => Cow::Borrowed(rows),
+            Self::Rows(rows) => {
+                let width = layout.size[1];
+                let mut slots = vec![T::default(); layout.slots() * row];
+                slots
+                    .par_chunks_mut(row)
+                    .enumerate()
+                    .for_each(|(slot, block)| {
+                        if let Some([h, w]) = layout.position(slot) {
+                            block.copy_from_slice(&rows[(h * width + w) * row..][..row]);
+                        }
+                    });
+                Cow::Owned(slots)
+            }
+        }
+    }
+
+    /// `slots` (in `layout`) stored in this activation's order.
+    fn store_like(
+        self,
+        slots: Vec<T>,
+        [images, channels]: [usize; 2],
+        layout: &PhaseLayout,
+    ) -> Vec<T> {
+        let row = images * channels;
+        match self {
+            Self::Planes(_) => from_position_major(&slots, [images, channels], layout),
+            Self::Rows(_) if layout.stride == [1, 1] => slots,
+            Self::Rows(_) => {
+                let [height, width] = layout.size;
+                let mut rows = vec![T::default(); height * width * row];
+                rows.par_chunks_mut(row)
+                    .enumerate()
+                    .for_each(|(position, block)| {
+                        let slot = layout.slot(position / width, position % width);
+                        block.copy_from_slice(&slots[slot * row..][..row]);
+                    });
+                rows
+            }
+        }
+    }
+}
+
+/// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`
+/// as position-major rows (`[Ho·Wo, B, Co]`).
+pub(super) fn forward<T: Element>(g: &Geometry, x: Activation<'_, T>, weight: &[T]) -> Vec<T> {
     let (b, c, co) = (g.batch, g.channels_in, g.channels_out);
     let taps = g.kernel[0] * g.kernel[1];
-    let [in_layout, out_layout] = layouts(g);
-    let x_rows = to_position_major(x, [b, c], &in_layout);
+    let [in_layout, _] = layouts(g);
+    let x_rows = x.in_slots([b, c], &in_layout);
     let mut out_rows = vec![T::default(); g.positions() * b * co];
     for run in runs(g, &in_layout) {
         // SAFETY: the run's input rows [positions·B, C] and output rows [positions·B, Co] lie in
@@ -196,23 +259,23 @@ pub(super) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T>
             );
         }
     }
-    from_position_major(&out_rows, [b, co], &out_layout)
+    out_rows
 }
 
-/// The gradients with respect to the input and to the weight (each only when wanted) for the
-/// output gradient `dy` (`[B, Co, Ho, Wo]`).
+/// The gradients with respect to the input (stored in `x`'s order) and to the weight, each only
+/// when wanted, for the output gradient `dy` (`[B, Co, Ho, Wo]`).
 pub(super) fn backward<T: Element>(
     g: &Geometry,
-    x: &[T],
+    x: Activation<'_, T>,
     weight: &[T],
-    dy: &[T],
+    dy: Activation<'_, T>,
     [want_input, want_weight]: [bool; 2],
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
     let (b, c, co) = (g.batch, g.channels_in, g.channels_out);
     let taps = g.kernel[0] * g.kernel[1];
     let [in_layout, out_layout] = layouts(g);
     let runs = runs(g, &in_layout);
-    let dy_rows = to_position_major(dy, [b, co], &out_layout);
+    let dy_rows = dy.in_slots([b, co], &out_layout);
     let dx = want_input.then(|| {
         let mut dx_rows = vec![T::default(); in_layout.slots() * b * c];
         for run in &runs {
@@ -240,10 +303,10 @@ pub(super) fn backward<T: Element>(
                 );
             }
         }
-        from_position_major(&dx_rows, [b, c], &in_layout)
+        x.store_like(dx_rows, [b, c], &in_layout)
     });
     let dw = want_weight.then(|| {
-        let x_rows = to_position_major(x, [b, c], &in_layout);
+        let x_rows = x.in_slots([b, c], &in_layout);
         let mut dw = vec![T::default(); co * c * taps];
         for run in &runs {
             let rows = run.positions * b;
@@ -271,6 +334,16 @@ pub(super) fn backward<T: Element>(
         dw
     });
     (dx, dw)
+}
+
+/// Position-major rows (`[H·W, B, C]`) as NCHW planes.
+#[cfg(test)]
+pub(super) fn rows_to_planes<T: Element>(
+    rows: &[T],
+    [images, channels]: [usize; 2],
+    size: [usize; 2],
+) -> Vec<T> {
+    from_position_major(rows, [images, channels], &PhaseLayout::new(size, [1, 1]))
 }
 
 #[cfg(test)]
@@ -310,11 +383,23 @@ mod tests {
             let w = values(g.channels_out * g.patch_len(), 1);
             let dy = values(batch * g.channels_out * g.positions(), 2);
             let close = |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-9);
-            prop_assert!(close(&forward(&g, &x, &w), &by_image::forward(&g, &x, &w)));
-            let (dx, dw) = backward(&g, &x, &w, &dy, [true, true]);
+            let [c, co] = [channels.0, g.channels_out];
+            let out = forward(&g, Activation::Planes(&x), &w);
+            let planes = rows_to_planes(&out, [batch, co], g.size_out);
+            prop_assert!(close(&planes, &by_image::forward(&g, &x, &w)));
+            let (dx, dw) = backward(&g, Activation::Planes(&x), &w, Activation::Planes(&dy), [true, true]);
             let (dx_ref, dw_ref) = by_image::backward(&g, &x, &w, &dy, [true, true]);
-            prop_assert!(close(&dx.unwrap(), &dx_ref.unwrap()));
-            prop_assert!(close(&dw.unwrap(), &dw_ref.unwrap()));
+            let (dx, dw) = (dx.unwrap(), dw.unwrap());
+            prop_assert!(close(&dx, &dx_ref.unwrap()));
+            prop_assert!(close(&dw, &dw_ref.unwrap()));
+            // Position-major operands give the same values to the bit, the input gradient in rows.
+            let x_rows = to_position_major(&x, [batch, c], &PhaseLayout::new(g.size_in, [1, 1]));
+            let dy_rows = to_position_major(&dy, [batch, co], &PhaseLayout::new(g.size_out, [1, 1]));
+            prop_assert_eq!(&forward(&g, Activation::Rows(&x_rows), &w), &out);
+            let (dx_rows, dw_rows) =
+                backward(&g, Activation::Rows(&x_rows), &w, Activation::Rows(&dy_rows), [true, true]);
+            prop_assert_eq!(rows_to_planes(&dx_rows.unwrap(), [batch, c], g.size_in), dx);
+            prop_assert_eq!(dw_rows.unwrap(), dw);
         }
     }
 

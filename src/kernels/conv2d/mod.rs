@@ -37,6 +37,8 @@ use burn::tensor::{DType, Tensor, TensorData};
 mod by_image;
 mod by_tap;
 
+use super::position_major;
+
 /// Output planes of at least this many positions go image by image through im2col
 /// ([`by_image`]); smaller ones tap by tap ([`by_tap`]) when the batch has [`TAP_MIN_IMAGES`].
 const IMAGE_MIN_POSITIONS: usize = 64;
@@ -292,49 +294,47 @@ unsafe fn product_with<T: Element>(
     }
 }
 
-/// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
-fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
-    if runs_tap_by_tap(g) {
-        by_tap::forward(g, x, weight)
-    } else {
-        by_image::forward(g, x, weight)
-    }
-}
-
 /// Whether `g` runs tap by tap (small planes, enough images) rather than image by image.
 fn runs_tap_by_tap(g: &Geometry) -> bool {
     g.positions() < IMAGE_MIN_POSITIONS && g.batch >= TAP_MIN_IMAGES
 }
 
-/// The gradients with respect to the input and to the weight, each only when wanted.
-fn backward<T: Element>(
-    g: &Geometry,
-    x: &[T],
-    weight: &[T],
-    dy: &[T],
-    wanted: [bool; 2],
-) -> (Option<Vec<T>>, Option<Vec<T>>) {
-    if runs_tap_by_tap(g) {
-        by_tap::backward(g, x, weight, dy, wanted)
-    } else {
-        by_image::backward(g, x, weight, dy, wanted)
+/// An activation for the tap-by-tap scheme: its position-major rows when it is stored so, its
+/// NCHW planes otherwise (`contiguous` keeps the copy alive).
+fn tap_activation<'a, T: Element>(
+    tensor: &'a FlexTensor,
+    contiguous: &'a mut Option<FlexTensor>,
+) -> by_tap::Activation<'a, T> {
+    match position_major::rows::<T>(tensor) {
+        Some(rows) => by_tap::Activation::Rows(rows),
+        None => by_tap::Activation::Planes(
+            contiguous
+                .insert(tensor.to_contiguous())
+                .as_slice::<T>()
+                .expect("checked element type"),
+        ),
     }
 }
 
+/// The output, position-major when the convolution runs tap by tap (the next layers read it so),
+/// NCHW otherwise.
 fn host_forward<T: Element>(g: &Geometry, x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let values = forward(
-        g,
-        x.as_slice::<T>().expect("checked element type"),
-        weight.as_slice::<T>().expect("checked element type"),
-    );
+    let weight = weight.to_contiguous();
+    let weight = weight.as_slice::<T>().expect("checked element type");
     let [out_h, out_w] = g.size_out;
-    FlexTensor::from_data(TensorData::new(
-        values,
-        [g.batch, g.channels_out, out_h, out_w],
-    ))
+    let shape = [g.batch, g.channels_out, out_h, out_w];
+    if runs_tap_by_tap(g) {
+        let mut contiguous = None;
+        let x = tap_activation::<T>(x, &mut contiguous);
+        position_major::from_rows(by_tap::forward(g, x, weight), shape)
+    } else {
+        let x = x.to_contiguous();
+        let values = by_image::forward(g, x.as_slice::<T>().expect("checked element type"), weight);
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
 }
 
+/// The input gradient, stored as `x` is, and the weight gradient, each only when wanted.
 fn host_backward<T: Element>(
     g: &Geometry,
     x: &FlexTensor,
@@ -342,24 +342,41 @@ fn host_backward<T: Element>(
     output_grad: &FlexTensor,
     wanted: [bool; 2],
 ) -> (Option<FlexTensor>, Option<FlexTensor>) {
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let output_grad = output_grad.to_contiguous();
-    let (dx, dw) = backward(
-        g,
-        x.as_slice::<T>().expect("checked element type"),
-        weight.as_slice::<T>().expect("checked element type"),
-        output_grad.as_slice::<T>().expect("checked element type"),
-        wanted,
-    );
+    let weight = weight.to_contiguous();
+    let weight_values = weight.as_slice::<T>().expect("checked element type");
     let [height, width] = g.size_in;
     let [kh, kw] = g.kernel;
+    let input_shape = [g.batch, g.channels_in, height, width];
+    let weight_shape = [g.channels_out, g.channels_in, kh, kw];
+    let (dx, dw) = if runs_tap_by_tap(g) {
+        let (mut x_copy, mut dy_copy) = (None, None);
+        let input = tap_activation::<T>(x, &mut x_copy);
+        let dy = tap_activation::<T>(output_grad, &mut dy_copy);
+        let (dx, dw) = by_tap::backward(g, input, weight_values, dy, wanted);
+        let dx = dx.map(|dx| match input {
+            by_tap::Activation::Rows(_) => position_major::from_rows(dx, input_shape),
+            by_tap::Activation::Planes(_) => {
+                FlexTensor::from_data(TensorData::new(dx, input_shape))
+            }
+        });
+        (dx, dw)
+    } else {
+        let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
+        let (dx, dw) = by_image::backward(
+            g,
+            x.as_slice::<T>().expect("checked element type"),
+            weight_values,
+            dy.as_slice::<T>().expect("checked element type"),
+            wanted,
+        );
+        (
+            dx.map(|dx| FlexTensor::from_data(TensorData::new(dx, input_shape))),
+            dw,
+        )
+    };
     (
-        dx.map(|dx| {
-            FlexTensor::from_data(TensorData::new(dx, [g.batch, g.channels_in, height, width]))
-        }),
-        dw.map(|dw| {
-            FlexTensor::from_data(TensorData::new(dw, [g.channels_out, g.channels_in, kh, kw]))
-        }),
+        dx,
+        dw.map(|dw| FlexTensor::from_data(TensorData::new(dw, weight_shape))),
     )
 }
 
@@ -543,6 +560,51 @@ mod tests {
         )));
     }
 
+    /// A flex tensor of `shape` with smooth values.
+    fn flex_values(shape: [usize; 4], phase: f32) -> FlexTensor {
+        let len = shape.iter().product::<usize>();
+        let values: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    /// Tap-by-tap outputs are handed on position-major; the next convolution reads them as they
+    /// lie (at stride 1 and 2) with the same values as from NCHW, and returns its input gradient
+    /// stored as its input.
+    #[test]
+    fn small_planes_stay_position_major_between_layers() {
+        let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let y = <Flex as ConvOps>::dense_conv2d(
+            flex_values([16, 4, 5, 5], 0.0),
+            flex_values([6, 4, 3, 3], 1.0),
+            same.clone(),
+        );
+        assert!(position_major::is_position_major(&y) && !y.is_contiguous());
+        let nchw = FlexTensor::from_data(y.clone().into_data());
+        for options in [same, ConvOptions::new([2, 2], [1, 1], [1, 1], 1)] {
+            let weight = flex_values([3, 6, 3, 3], 2.0);
+            let conv = |x: &FlexTensor| {
+                <Flex as ConvOps>::dense_conv2d(x.clone(), weight.clone(), options.clone())
+            };
+            let (from_rows, from_planes) = (conv(&y), conv(&nchw));
+            assert_eq!(from_rows.clone().into_data(), from_planes.into_data());
+            let backward = |x: &FlexTensor| {
+                <Flex as ConvOps>::dense_conv2d_backward(
+                    x.clone(),
+                    weight.clone(),
+                    from_rows.clone(),
+                    options.clone(),
+                    [true, true],
+                )
+            };
+            let ((dx_rows, dw_rows), (dx_planes, dw_planes)) = (backward(&y), backward(&nchw));
+            let (dx_rows, dx_planes) = (dx_rows.unwrap(), dx_planes.unwrap());
+            assert!(position_major::is_position_major(&dx_rows) && !dx_rows.is_contiguous());
+            assert!(dx_planes.is_contiguous());
+            assert_eq!(dx_rows.into_data(), dx_planes.into_data());
+            assert_eq!(dw_rows.unwrap().into_data(), dw_planes.unwrap().into_data());
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
@@ -606,31 +668,40 @@ mod tests {
         check_finite_differences(large, false);
     }
 
+    /// The forward pass on NCHW planes, tap by tap (`taps`) or image by image, the output as
+    /// NCHW planes.
+    fn planes_forward<T: Element>(g: &Geometry, x: &[T], w: &[T], taps: bool) -> Vec<T> {
+        if taps {
+            let rows = by_tap::forward(g, by_tap::Activation::Planes(x), w);
+            by_tap::rows_to_planes(&rows, [g.batch, g.channels_out], g.size_out)
+        } else {
+            by_image::forward(g, x, w)
+        }
+    }
+
+    /// The backward passes on NCHW planes, as [`planes_forward`].
+    fn planes_backward<T: Element>(
+        g: &Geometry,
+        [x, w, dy]: [&[T]; 3],
+        taps: bool,
+    ) -> (Option<Vec<T>>, Option<Vec<T>>) {
+        if taps {
+            let planes = by_tap::Activation::Planes;
+            by_tap::backward(g, planes(x), w, planes(dy), [true, true])
+        } else {
+            by_image::backward(g, x, w, dy, [true, true])
+        }
+    }
+
     /// Central differences against the gradients of the tap-by-tap scheme (`taps`) or of the
     /// image-by-image one.
     fn check_finite_differences(g: Geometry, taps: bool) {
         let [x, w, probe] = operands(&g);
-        type Forward = fn(&Geometry, &[f64], &[f64]) -> Vec<f64>;
-        type Backward = fn(
-            &Geometry,
-            &[f64],
-            &[f64],
-            &[f64],
-            [bool; 2],
-        ) -> (Option<Vec<f64>>, Option<Vec<f64>>);
-        let (forward, backward): (Forward, Backward) = if taps {
-            (by_tap::forward, by_tap::backward)
-        } else {
-            (by_image::forward, by_image::backward)
-        };
+        let forward = |x: &[f64], w: &[f64]| planes_forward(&g, x, w, taps);
         let objective = |x: &[f64], w: &[f64]| -> f64 {
-            forward(&g, x, w)
-                .iter()
-                .zip(&probe)
-                .map(|(o, p)| o * p)
-                .sum()
+            forward(x, w).iter().zip(&probe).map(|(o, p)| o * p).sum()
         };
-        let (dx, dw) = backward(&g, &x, &w, &probe, [true, true]);
+        let (dx, dw) = planes_backward(&g, [&x, &w, &probe], taps);
         let step = 1e-6;
         for (values, grad, is_input) in [(&x, dx.unwrap(), true), (&w, dw.unwrap(), false)] {
             for index in 0..values.len() {
@@ -667,7 +738,13 @@ mod tests {
                     .num_threads(threads)
                     .build()
                     .unwrap()
-                    .install(|| (forward(&g, &x, &w), backward(&g, &x, &w, &dy, [true, true])))
+                    .install(|| {
+                        let taps = runs_tap_by_tap(&g);
+                        (
+                            planes_forward(&g, &x, &w, taps),
+                            planes_backward(&g, [&x, &w, &dy], taps),
+                        )
+                    })
             };
             let (one, four) = (run(1), run(4));
             assert!(one.0 == four.0, "forward differs on {g:?}");

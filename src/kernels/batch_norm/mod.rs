@@ -33,6 +33,10 @@ use burn::nn::BatchNorm;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::position_major;
+
+mod channels_last;
+
 /// Accumulator lanes: independent partial sums the compiler keeps in one vector register.
 const LANES: usize = 8;
 /// Values per parallel task in the element-wise pass.
@@ -425,12 +429,15 @@ impl Element for f64 {
     }
 }
 
-/// `[batch, channels, positions]` of an activation of rank ≥ 2.
+/// `[batch, channels, positions]` of an activation of rank ≥ 2, and the order its values are
+/// stored in.
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     batch: usize,
     channels: usize,
     positions: usize,
+    /// Channels innermost (position-major rows, [`channels_last`]) rather than planes.
+    channels_last: bool,
 }
 
 impl Layout {
@@ -441,6 +448,16 @@ impl Layout {
             batch,
             channels,
             positions: rest.iter().product(),
+            channels_last: false,
+        })
+    }
+
+    /// The layout of `x`, stored as it is.
+    fn of_tensor(x: &FlexTensor) -> Option<Self> {
+        let layout = Self::of(x.shape().as_slice())?;
+        Some(Self {
+            channels_last: position_major::is_position_major(x),
+            ..layout
         })
     }
 
@@ -481,6 +498,9 @@ fn lane_sums<T: Element>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> [f64; 2]) -> 
 
 /// Per-channel mean and biased variance of `x`.
 fn statistics<T: Element>(layout: Layout, x: &[T]) -> (Vec<f64>, Vec<f64>) {
+    if layout.channels_last {
+        return channels_last::statistics(layout.channels, x);
+    }
     let count = layout.count() as f64;
     (0..layout.channels)
         .into_par_iter()
@@ -501,6 +521,28 @@ fn statistics<T: Element>(layout: Layout, x: &[T]) -> (Vec<f64>, Vec<f64>) {
             (shift + centred_mean, variance)
         })
         .unzip()
+}
+
+/// Per channel, `Σ dy` and `Σ dy·(x − mean)` over the channel's planes.
+fn planar_gradient_sums<T: Element>(
+    layout: Layout,
+    dy: &[T],
+    x: &[T],
+    mean: &[f64],
+) -> Vec<[f64; 2]> {
+    (0..layout.channels)
+        .into_par_iter()
+        .map(|channel| {
+            let mean = mean[channel];
+            layout
+                .planes(dy, channel)
+                .zip(layout.planes(x, channel))
+                .fold([0.0, 0.0], |[dy_sum, dyx_sum], (dy, x)| {
+                    let [dy_plane, dyx_plane] = lane_sums(dy, x, |dy, x| [dy, dy * (x - mean)]);
+                    [dy_sum + dy_plane, dyx_sum + dyx_plane]
+                })
+        })
+        .collect()
 }
 
 /// Per-channel constants of [`affine_planes`]: `out = (x − centre)·a + y·b + c`.
@@ -538,6 +580,9 @@ fn fill_planes<T: Element>(
 /// `out = (x − centre)·a + y·b + c` plane by plane, with the constants of each plane's channel.
 /// Centring first keeps the precision where the mean is large against the spread.
 fn affine_planes<T: Element>(layout: Layout, x: &[T], y: &[T], per_channel: &[Affine]) -> Vec<T> {
+    if layout.channels_last {
+        return channels_last::affine(x, y, per_channel);
+    }
     fill_planes(layout, x.len(), |plane, start, out| {
         let constants = per_channel[plane % layout.channels];
         let [centre, a, b, c] =
@@ -569,6 +614,9 @@ fn normalize_planes<T: Element>(
             [mean, std, gamma, beta]
         })
         .collect();
+    if layout.channels_last {
+        return channels_last::normalize(x, &per_channel, epilogue);
+    }
     fill_planes(layout, x.len(), |plane, start, out| {
         let [mean, std, gamma, beta] = per_channel[plane % layout.channels];
         let x = &x[start..][..out.len()];
@@ -640,6 +688,25 @@ fn host_tensor<T: Element>(values: Vec<T>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
+/// The values of a tensor that [`position_major::stored_like`] arranged: contiguous, or
+/// position-major rows.
+fn arranged_values<T: Element>(tensor: &FlexTensor) -> &[T] {
+    match tensor.as_slice::<T>() {
+        Some(values) => values,
+        None => position_major::rows::<T>(tensor).expect("arranged, checked element type"),
+    }
+}
+
+/// An activation of `x`'s shape over `values` stored in `x`'s order.
+fn host_activation<T: Element>(values: Vec<T>, x: &FlexTensor) -> FlexTensor {
+    match x.shape().as_slice() {
+        &[b, c, h, w] if position_major::is_position_major(x) => {
+            position_major::from_rows(values, [b, c, h, w])
+        }
+        shape => host_tensor(values, shape),
+    }
+}
+
 fn host_channel_tensor<T: Element>(values: impl Iterator<Item = f64>) -> FlexTensor {
     let values: Vec<T> = values.map(T::from_f64).collect();
     let len = values.len();
@@ -649,18 +716,18 @@ fn host_channel_tensor<T: Element>(values: impl Iterator<Item = f64>) -> FlexTen
 /// The residual and the activation of a fused call, as flex tensors.
 type HostEpilogue<'a> = Option<(Option<&'a FlexTensor>, Rectifier)>;
 
-/// Runs `f` with the epilogue's residual as a contiguous slice of `T`.
+/// Runs `f` with the epilogue's residual as a slice of `T` stored as `x` is.
 fn with_epilogue<T: Element, R>(
     epilogue: HostEpilogue<'_>,
+    x: &FlexTensor,
     f: impl FnOnce(Epilogue<'_, T>) -> R,
 ) -> R {
     match epilogue {
         None => f(None),
         Some((None, rectifier)) => f(Some((None, rectifier))),
         Some((Some(residual), rectifier)) => {
-            let residual = residual.to_contiguous();
-            let values = residual.as_slice::<T>().expect("checked element type");
-            f(Some((Some(values), rectifier)))
+            let residual = position_major::stored_like(residual.clone(), x);
+            f(Some((Some(arranged_values::<T>(&residual)), rectifier)))
         }
     }
 }
@@ -672,11 +739,11 @@ fn host_normalize_batch<T: Element>(
     epsilon: f64,
     epilogue: HostEpilogue<'_>,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let x = x.to_contiguous();
-    let values = x.as_slice::<T>().expect("checked element type");
+    let x = position_major::stored_like(x.clone(), x);
+    let values = arranged_values::<T>(&x);
     let (mean, variance) = statistics(layout, values);
     let (gamma, beta) = (host_values::<T>(gamma), host_values::<T>(beta));
-    let output = with_epilogue::<T, _>(epilogue, |epilogue| {
+    let output = with_epilogue::<T, _>(epilogue, &x, |epilogue| {
         normalize_planes(
             layout,
             values,
@@ -686,7 +753,7 @@ fn host_normalize_batch<T: Element>(
         )
     });
     (
-        host_tensor(output, x.shape().as_slice()),
+        host_activation(output, &x),
         host_channel_tensor::<T>(mean.into_iter()),
         host_channel_tensor::<T>(variance.into_iter()),
     )
@@ -699,29 +766,19 @@ fn host_normalize_batch_backward<T: Element>(
     epsilon: f64,
     output_grad: &FlexTensor,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
-    let (x_values, dy_values) = (
-        x.as_slice::<T>().expect("checked element type"),
-        dy.as_slice::<T>().expect("checked element type"),
-    );
+    let x = position_major::stored_like(x.clone(), x);
+    let dy = position_major::stored_like(output_grad.clone(), &x);
+    let (x_values, dy_values) = (arranged_values::<T>(&x), arranged_values::<T>(&dy));
     let (gamma, mean, variance) = (
         host_values::<T>(gamma),
         host_values::<T>(mean),
         host_values::<T>(variance),
     );
-    let sums: Vec<[f64; 2]> = (0..layout.channels)
-        .into_par_iter()
-        .map(|channel| {
-            let mean = mean[channel];
-            layout
-                .planes(dy_values, channel)
-                .zip(layout.planes(x_values, channel))
-                .fold([0.0, 0.0], |[dy_sum, dyx_sum], (dy, x)| {
-                    let [dy_plane, dyx_plane] = lane_sums(dy, x, |dy, x| [dy, dy * (x - mean)]);
-                    [dy_sum + dy_plane, dyx_sum + dyx_plane]
-                })
-        })
-        .collect();
+    let sums = if layout.channels_last {
+        channels_last::gradient_sums(layout.channels, dy_values, x_values, &mean)
+    } else {
+        planar_gradient_sums(layout, dy_values, x_values, &mean)
+    };
     let count = layout.count() as f64;
     let mut gamma_grad = Vec::with_capacity(layout.channels);
     let mut beta_grad = Vec::with_capacity(layout.channels);
@@ -745,7 +802,7 @@ fn host_normalize_batch_backward<T: Element>(
         .collect();
     let x_grad = affine_planes(layout, x_values, dy_values, &per_channel);
     (
-        host_tensor(x_grad, x.shape().as_slice()),
+        host_activation(x_grad, &x),
         host_channel_tensor::<T>(gamma_grad.into_iter()),
         host_channel_tensor::<T>(beta_grad.into_iter()),
     )
@@ -758,10 +815,10 @@ fn host_normalize_with_statistics<T: Element>(
     epsilon: f64,
     epilogue: HostEpilogue<'_>,
 ) -> FlexTensor {
-    let x = x.to_contiguous();
-    let values = x.as_slice::<T>().expect("checked element type");
+    let x = position_major::stored_like(x.clone(), x);
+    let values = arranged_values::<T>(&x);
     let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(host_values::<T>);
-    let output = with_epilogue::<T, _>(epilogue, |epilogue| {
+    let output = with_epilogue::<T, _>(epilogue, &x, |epilogue| {
         normalize_planes(
             layout,
             values,
@@ -770,36 +827,29 @@ fn host_normalize_with_statistics<T: Element>(
             epilogue,
         )
     });
-    host_tensor(output, x.shape().as_slice())
+    host_activation(output, &x)
 }
 
-/// The masked gradient, written over `output_grad` when nothing else holds it (as flex's own
-/// element-wise ops do), into a copy otherwise.
+/// The masked gradient, stored as `output` is: written over `output_grad` when it is stored so
+/// and nothing else holds it (as flex's own element-wise ops do), into a copy otherwise.
 fn host_rectifier_backward<T: Element>(
     output: &FlexTensor,
     output_grad: FlexTensor,
     rectifier: Rectifier,
 ) -> FlexTensor {
-    let output = output.to_contiguous();
-    let output_values = output.as_slice::<T>().expect("checked element type");
-    // `to_contiguous` shares the buffer even when it copies nothing: keep the tensor itself.
-    let mut grad = if output_grad.is_contiguous() {
-        output_grad
-    } else {
-        output_grad.to_contiguous()
-    };
+    let output = position_major::stored_like(output.clone(), output);
+    let output_values = arranged_values::<T>(&output);
+    let mut grad = position_major::stored_like(output_grad, &output);
+    let in_place = grad.layout().start_offset() == 0;
     match grad.try_storage_mut::<T>() {
-        Some(values) if values.len() == output_values.len() => {
+        Some(values) if in_place && values.len() == output_values.len() => {
             mask_rectified(output_values, values, rectifier);
             grad
         }
         _ => {
-            let values = grad
-                .as_slice::<T>()
-                .expect("contiguous, checked element type");
-            let mut masked = values.to_vec();
+            let mut masked = arranged_values::<T>(&grad).to_vec();
             mask_rectified(output_values, &mut masked, rectifier);
-            host_tensor(masked, output.shape().as_slice())
+            host_activation(masked, &output)
         }
     }
 }
@@ -813,7 +863,7 @@ fn residual_fits(x: &FlexTensor, residual: Option<&FlexTensor>) -> bool {
 /// The layout of `x` when every tensor has `x`'s element type (f32 or f64), `x` has at least one
 /// value and each per-channel tensor has one value per channel; `None` sends the call to burn.
 fn host_layout(x: &FlexTensor, per_channel: &[&FlexTensor]) -> Option<(Layout, DType)> {
-    let layout = Layout::of(x.shape().as_slice())?;
+    let layout = Layout::of_tensor(x)?;
     let dtype = x.dtype();
     let supported = matches!(dtype, DType::F32 | DType::F64)
         && layout.count() > 0
@@ -903,8 +953,11 @@ impl NormOps for Flex {
         let same = output.shape() == output_grad.shape() && output.dtype() == output_grad.dtype();
         match output.dtype() {
             // flex's own ReLU backward is one vectorised pass that reuses the gradient's buffer:
-            // as fast as the masking here (`cargo bench --bench batch_norm`).
-            _ if rectifier == Rectifier::Relu => Flex::relu_backward(output, output_grad),
+            // as fast as the masking here (`cargo bench --bench batch_norm`) on contiguous
+            // tensors; a position-major output is masked here, in its own order.
+            _ if rectifier == Rectifier::Relu && output.is_contiguous() => {
+                Flex::relu_backward(output, output_grad)
+            }
             DType::F32 if same => host_rectifier_backward::<f32>(&output, output_grad, rectifier),
             DType::F64 if same => host_rectifier_backward::<f64>(&output, output_grad, rectifier),
             _ => rectifier.backward_generic::<Self>(output, output_grad),
@@ -1338,10 +1391,15 @@ mod tests {
         bn: BatchNorm,
         [x, residual, probe]: [&Tensor<4>; 3],
         with_residual: bool,
+        [store_x, store_residual]: [Storage; 2],
     ) -> Vec<TensorData> {
         let x = x.clone().require_grad();
         let residual = residual.clone().require_grad();
-        let output = run(&bn, x.clone(), with_residual.then(|| residual.clone()));
+        let output = run(
+            &bn,
+            store_x(x.clone()),
+            with_residual.then(|| store_residual(residual.clone())),
+        );
         let grads = (output.clone() * probe.clone()).sum().backward();
         let mut results = vec![
             output.into_data(),
@@ -1362,7 +1420,35 @@ mod tests {
         results
     }
 
+    /// How a test hands an activation to the op: as it is, or through [`position_major_copy`].
+    type Storage = fn(Tensor<4>) -> Tensor<4>;
+
+    /// `x` through a 1x1 identity convolution: the same values, stored position-major when the
+    /// batch and the plane send the convolution tap by tap (16+ images, under 64 positions), and
+    /// the gradient passed back unchanged.
+    fn position_major_copy(x: Tensor<4>) -> Tensor<4> {
+        let channels = x.dims()[1];
+        let identity = Tensor::<2>::eye(channels, &x.device()).reshape([channels, channels, 1, 1]);
+        let options = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        crate::kernels::conv2d::dense_conv2d(x, identity, options)
+    }
+
+    fn as_it_is(x: Tensor<4>) -> Tensor<4> {
+        x
+    }
+
     fn check_rectified_against_burn(shape: [usize; 4], offset: f64, seed: u64) {
+        check_rectified_stored_against_burn(shape, offset, seed, [as_it_is, as_it_is]);
+    }
+
+    /// The fused op against burn's separate ops, with the input and the residual handed over as
+    /// `storage` says (burn's ops get the same values).
+    fn check_rectified_stored_against_burn(
+        shape: [usize; 4],
+        offset: f64,
+        seed: u64,
+        storage: [Storage; 2],
+    ) {
         let device = autodiff_device();
         device.seed(seed);
         // Spread over [−3, 9] after normalisation (γ up to ~1.5, β ramps), so both clamps of
@@ -1375,9 +1461,11 @@ mod tests {
                 let inputs = [&x, &residual, &probe];
                 let fused = |bn: &BatchNorm, x, r| batch_norm_rectified(bn, x, r, rectifier);
                 let reference = |bn: &BatchNorm, x, r| unfused(bn, x, r, rectifier);
-                let ours = rectified_pass(fused, layer(shape[1], &device), inputs, with_residual);
-                let theirs =
-                    rectified_pass(reference, layer(shape[1], &device), inputs, with_residual);
+                let bn = layer(shape[1], &device);
+                let ours = rectified_pass(fused, bn, inputs, with_residual, storage);
+                let bn = layer(shape[1], &device);
+                let plain = [as_it_is as Storage; 2];
+                let theirs = rectified_pass(reference, bn, inputs, with_residual, plain);
                 for (index, (ours, theirs)) in ours.into_iter().zip(theirs).enumerate() {
                     let what = format!("{rectifier:?}, residual {with_residual}, result {index}");
                     assert_close(ours, theirs, &what);
@@ -1390,6 +1478,31 @@ mod tests {
     fn rectified_matches_burn_on_network_shapes() {
         check_rectified_against_burn([16, 8, 8, 8], 0.5, 11);
         check_rectified_against_burn([4, 3, 2, 2], -2.0, 12);
+    }
+
+    /// Position-major activations (what the tap-by-tap convolutions hand on) are normalised
+    /// where they lie, alone and with a residual stored either way, and give burn's values.
+    #[test]
+    fn position_major_activations_match_burn() {
+        let position_major = position_major_copy as Storage;
+        for storage in [
+            [position_major, as_it_is],
+            [position_major, position_major],
+            [as_it_is, position_major],
+        ] {
+            check_rectified_stored_against_burn([16, 8, 4, 4], 0.5, 13, storage);
+            check_rectified_stored_against_burn([16, 5, 3, 2], -20.0, 14, storage);
+        }
+        let device = default_device();
+        device.seed(15);
+        let x = Tensor::<4>::random([16, 6, 2, 2], Distribution::Normal(1.0, 3.0), &device);
+        let bn = layer(6, &device);
+        let ours = batch_norm(&bn, position_major_copy(x.clone())).into_data();
+        let theirs = bn.forward(x).into_data();
+        assert!(
+            ours.try_to_vec::<f32>().unwrap() == theirs.try_to_vec::<f32>().unwrap(),
+            "the eval output of a position-major activation differs from burn's"
+        );
     }
 
     #[test]

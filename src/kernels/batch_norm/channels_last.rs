@@ -1,0 +1,171 @@
+//! The passes of the batch norm over an activation stored with its channels innermost (the
+//! position-major rows the tap-by-tap convolutions hand on): `[rows, channels]`, each row one
+//! position of one image.
+//!
+//! Each pass runs over fixed blocks of whole rows in parallel and vectorises across the channels
+//! of a row. The per-channel sums of a block are added block after block in order, so the results
+//! do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use super::{Affine, Element, Epilogue, PARALLEL_GRAIN, Rectifier, relu, relu6};
+
+/// Whole rows per parallel task.
+fn rows_per_task(channels: usize) -> usize {
+    (PARALLEL_GRAIN / channels).max(1)
+}
+
+/// Per channel, `Σ f(a, b)[0]` and `Σ f(a, b)[1]` over the paired values of `a` and `b` in `f64`,
+/// where `f` also receives the channel.
+fn channel_sums<T: Element>(
+    channels: usize,
+    a: &[T],
+    b: &[T],
+    f: impl Fn(usize, f64, f64) -> [f64; 2] + Sync,
+) -> Vec<[f64; 2]> {
+    let block = rows_per_task(channels) * channels;
+    let partials: Vec<Vec<[f64; 2]>> = a
+        .par_chunks(block)
+        .zip(b.par_chunks(block))
+        .map(|(a, b)| {
+            let mut sums = vec![[0.0; 2]; channels];
+            for (a, b) in a.chunks_exact(channels).zip(b.chunks_exact(channels)) {
+                for (channel, ((sum, &a), &b)) in sums.iter_mut().zip(a).zip(b).enumerate() {
+                    let [first, second] = f(channel, a.to_f64(), b.to_f64());
+                    sum[0] += first;
+                    sum[1] += second;
+                }
+            }
+            sums
+        })
+        .collect();
+    partials
+        .into_iter()
+        .reduce(|mut total, partial| {
+            for (total, partial) in total.iter_mut().zip(partial) {
+                total[0] += partial[0];
+                total[1] += partial[1];
+            }
+            total
+        })
+        .unwrap_or_else(|| vec![[0.0; 2]; channels])
+}
+
+/// Per-channel mean and biased variance of `x` (`[rows, channels]`), the sums shifted by the
+/// first row as the planar pass shifts by a channel's first value.
+pub(super) fn statistics<T: Element>(channels: usize, x: &[T]) -> (Vec<f64>, Vec<f64>) {
+    let count = (x.len() / channels) as f64;
+    let shift: Vec<f64> = x[..channels].iter().map(|v| v.to_f64()).collect();
+    channel_sums(channels, x, x, |channel, v, _| {
+        let centred = v - shift[channel];
+        [centred, centred * centred]
+    })
+    .into_iter()
+    .zip(&shift)
+    .map(|([sum, squares], &shift)| {
+        let centred_mean = sum / count;
+        let variance = (squares / count - centred_mean * centred_mean).max(0.0);
+        (shift + centred_mean, variance)
+    })
+    .unzip()
+}
+
+/// Per channel, `Σ dy` and `Σ dy·(x − mean)`.
+pub(super) fn gradient_sums<T: Element>(
+    channels: usize,
+    dy: &[T],
+    x: &[T],
+    mean: &[f64],
+) -> Vec<[f64; 2]> {
+    channel_sums(channels, dy, x, |channel, dy, x| {
+        [dy, dy * (x - mean[channel])]
+    })
+}
+
+/// A new `[rows, channels]` activation of `len` values filled block by block, in parallel, by
+/// `fill(start, out)`: `out` holds whole rows, the first at index `start`.
+fn fill_rows<T: Element>(
+    channels: usize,
+    len: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let block = rows_per_task(channels) * channels;
+    let mut out = vec![T::from_f64(0.0); len];
+    out.par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(task, out)| fill(task * block, out));
+    out
+}
+
+/// `out = (x − centre)·a + y·b + c` with the constants of each value's channel.
+pub(super) fn affine<T: Element>(x: &[T], y: &[T], per_channel: &[Affine]) -> Vec<T> {
+    let constants: Vec<[T; 4]> = per_channel
+        .iter()
+        .map(|k| [k.centre, k.a, k.b, k.c].map(T::from_f64))
+        .collect();
+    let channels = constants.len();
+    fill_rows(channels, x.len(), |start, out| {
+        let (x, y) = (&x[start..][..out.len()], &y[start..][..out.len()]);
+        for ((out, x), y) in out
+            .chunks_exact_mut(channels)
+            .zip(x.chunks_exact(channels))
+            .zip(y.chunks_exact(channels))
+        {
+            for (((out, &x), &y), &[centre, a, b, c]) in
+                out.iter_mut().zip(x).zip(y).zip(&constants)
+            {
+                *out = (x - centre) * a + y * b + c;
+            }
+        }
+    })
+}
+
+/// `(x − mean)/σ·γ + β` with each channel's `[mean, σ, γ, β]` (rounded in `T` as the planar pass
+/// rounds them), then with an epilogue `rectifier(· + residual)`.
+pub(super) fn normalize<T: Element>(
+    x: &[T],
+    per_channel: &[[T; 4]],
+    epilogue: Epilogue<'_, T>,
+) -> Vec<T> {
+    let channels = per_channel.len();
+    let residual = epilogue.and_then(|(residual, _)| residual);
+    fill_rows(channels, x.len(), |start, out| {
+        let x = &x[start..][..out.len()];
+        let residual = residual.map(|r| &r[start..][..out.len()]);
+        match epilogue.map(|(_, rectifier)| rectifier) {
+            None => fill_normalized(out, x, residual, per_channel, |v| v),
+            Some(Rectifier::Relu) => fill_normalized(out, x, residual, per_channel, relu),
+            Some(Rectifier::Relu6) => fill_normalized(out, x, residual, per_channel, relu6),
+        }
+    })
+}
+
+/// `out[r, c] = activation(normalize_c(x[r, c]) [+ residual[r, c]])`, monomorphic per activation
+/// so that the loop over a row's channels vectorises.
+fn fill_normalized<T: Element>(
+    out: &mut [T],
+    x: &[T],
+    residual: Option<&[T]>,
+    per_channel: &[[T; 4]],
+    activation: impl Fn(T) -> T,
+) {
+    let channels = per_channel.len();
+    let normalized = |x: T, &[mean, std, gamma, beta]: &[T; 4]| (x - mean) / std * gamma + beta;
+    let rows = out.chunks_exact_mut(channels).zip(x.chunks_exact(channels));
+    match residual {
+        None => {
+            for (out, x) in rows {
+                for ((out, &x), k) in out.iter_mut().zip(x).zip(per_channel) {
+                    *out = activation(normalized(x, k));
+                }
+            }
+        }
+        Some(residual) => {
+            for ((out, x), r) in rows.zip(residual.chunks_exact(channels)) {
+                for (((out, &x), &r), k) in out.iter_mut().zip(x).zip(r).zip(per_channel) {
+                    *out = activation(normalized(x, k) + r);
+                }
+            }
+        }
+    }
+}
