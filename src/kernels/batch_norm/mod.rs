@@ -1579,7 +1579,7 @@ mod tests {
         let (x, probe) = (wave(36, 0.3), wave(36, 7.1));
         let (gamma, beta) = (vec![0.7, -1.3], vec![0.4, 0.1]);
         let epsilon = 1e-5;
-        let objective = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
+        let objective = |[x, gamma, beta]: &[Vec<f64>; 3]| -> f64 {
             let (output, _, _) = host_normalize_batch::<f64>(
                 layout,
                 &f64_tensor(x, &shape),
@@ -1607,21 +1607,30 @@ mod tests {
             epsilon,
             &f64_tensor(&probe, &shape),
         );
+        let grads = [dx, dgamma, dbeta].map(|grad| f64_values(&grad));
+        assert_central_differences([x, gamma, beta], &grads, objective, "");
+    }
+
+    /// Asserts that `grads[which][index]` is the central difference of `objective` in
+    /// `operands[which][index]`, for every operand and index.
+    fn assert_central_differences<const N: usize>(
+        operands: [Vec<f64>; N],
+        grads: &[Vec<f64>; N],
+        objective: impl Fn(&[Vec<f64>; N]) -> f64,
+        what: &str,
+    ) {
         let step = 1e-6;
-        let numeric = |which: usize, index: usize| {
-            let mut operands = [x.clone(), gamma.clone(), beta.clone()];
-            operands[which][index] += step;
-            let plus = objective(&operands[0], &operands[1], &operands[2]);
-            operands[which][index] -= 2.0 * step;
-            let minus = objective(&operands[0], &operands[1], &operands[2]);
-            (plus - minus) / (2.0 * step)
-        };
-        for (which, grad) in [dx, dgamma, dbeta].iter().map(f64_values).enumerate() {
+        for (which, grad) in grads.iter().enumerate() {
             for (index, &analytic) in grad.iter().enumerate() {
-                let numeric = numeric(which, index);
+                let mut shifted = operands.clone();
+                shifted[which][index] += step;
+                let plus = objective(&shifted);
+                shifted[which][index] -= 2.0 * step;
+                let minus = objective(&shifted);
+                let numeric = (plus - minus) / (2.0 * step);
                 assert!(
                     (numeric - analytic).abs() < 1e-6,
-                    "operand {which}, {index}: {numeric} vs {analytic}"
+                    "{what} operand {which}, {index}: {numeric} vs {analytic}"
                 );
             }
         }
@@ -1648,7 +1657,7 @@ mod tests {
                     Some((Some(&residual), rectifier)),
                 )
             };
-            let objective = |x: &[f64], residual: &[f64]| -> f64 {
+            let objective = |[x, residual]: &[Vec<f64>; 2]| -> f64 {
                 let output = f64_values(&forward(x, residual).0);
                 output.iter().zip(&probe).map(|(o, p)| o * p).sum()
             };
@@ -1667,21 +1676,9 @@ mod tests {
                 clamped > 0 && clamped < 36,
                 "{rectifier:?}: {clamped} clamped"
             );
-            let step = 1e-6;
-            for (which, grad) in [dx, masked].iter().map(f64_values).enumerate() {
-                for (index, &analytic) in grad.iter().enumerate() {
-                    let mut operands = [x.clone(), residual.clone()];
-                    operands[which][index] += step;
-                    let plus = objective(&operands[0], &operands[1]);
-                    operands[which][index] -= 2.0 * step;
-                    let minus = objective(&operands[0], &operands[1]);
-                    let numeric = (plus - minus) / (2.0 * step);
-                    assert!(
-                        (numeric - analytic).abs() < 1e-6,
-                        "{rectifier:?}, operand {which}, {index}: {numeric} vs {analytic}"
-                    );
-                }
-            }
+            let grads = [dx, masked].map(|grad| f64_values(&grad));
+            let operands = [x.clone(), residual.clone()];
+            assert_central_differences(operands, &grads, objective, &format!("{rectifier:?}"));
         }
     }
 
