@@ -169,3 +169,72 @@ fn fill_normalized<T: Element>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[rows, channels]` values with a per-channel offset, spread over several parallel blocks.
+    fn activation(rows: usize, channels: usize, phase: f64) -> Vec<f32> {
+        (0..rows * channels)
+            .map(|i| ((i as f64 * 0.37 + phase).sin() * 2.0 + (i % channels) as f64) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn statistics_are_each_channels_mean_and_variance() {
+        let (rows, channels) = (3 * rows_per_task(8) + 5, 8);
+        let x = activation(rows, channels, 0.1);
+        let (mean, variance) = statistics(channels, &x);
+        for channel in 0..channels {
+            let values: Vec<f64> = x[channel..]
+                .iter()
+                .step_by(channels)
+                .map(|&v| f64::from(v))
+                .collect();
+            let expected = values.iter().sum::<f64>() / rows as f64;
+            let spread = values.iter().map(|v| (v - expected).powi(2)).sum::<f64>() / rows as f64;
+            assert!((mean[channel] - expected).abs() < 1e-9, "mean {channel}");
+            assert!(
+                (variance[channel] - spread).abs() < 1e-9,
+                "variance {channel}"
+            );
+        }
+    }
+
+    /// Every pass gives the same bits on one thread and on four.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (rows, channels) = (3 * rows_per_task(8) + 5, 8);
+        let (x, dy) = (
+            activation(rows, channels, 0.1),
+            activation(rows, channels, 2.3),
+        );
+        let residual = activation(rows, channels, 4.1);
+        let per_channel: Vec<[f32; 4]> = (0..channels)
+            .map(|c| [c as f32, 1.5 + c as f32 * 0.1, 0.8, -0.2])
+            .collect();
+        let constants: Vec<Affine> = (0..channels)
+            .map(|c| Affine {
+                centre: c as f64,
+                a: 0.3,
+                b: -1.1,
+                c: 0.05 * c as f64,
+            })
+            .collect();
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let (mean, variance) = statistics(channels, &x);
+                    let sums = gradient_sums(channels, &dy, &x, &mean);
+                    let epilogue = Some((Some(residual.as_slice()), Rectifier::Relu6));
+                    let output = normalize(&x, &per_channel, epilogue);
+                    (mean, variance, sums, output, affine(&x, &dy, &constants))
+                })
+        };
+        assert!(run(1) == run(4));
+    }
+}
