@@ -17,7 +17,9 @@
 //!   can amplify a different rounding of its normalisations beyond that).
 //!
 //! Each channel's sums run on one thread in a fixed order, so results do not depend on the thread
-//! count. Other element types fall back to burn's ops. Benchmark: `cargo bench --bench
+//! count. An activation the tap-by-tap convolutions hand on position-major is normalised where it
+//! lies, channels innermost ([`channels_last`]), and its output and gradients keep that order; a
+//! residual or gradient stored the other way is copied into the input's order first. Other element types fall back to burn's ops. Benchmark: `cargo bench --bench
 //! batch_norm` (BENCHMARKS.md, "BatchNorm").
 
 use burn::backend::autodiff::NodeId;

@@ -10,6 +10,10 @@
 //! plane 69 %. The products have `images · run` rows and the full channel counts as the other two
 //! sizes, large enough for `gemm`'s micro-kernels even when a plane has 4 positions.
 //!
+//! The output leaves in that order (a position-major view, [`crate::kernels::position_major`]), an
+//! input or output gradient that arrives so is read as it lies, and the input gradient goes back
+//! stored as the input came: between consecutive small-plane layers nothing is transposed.
+//!
 //! The backward passes reuse the same runs: the input gradient adds `dy[rows, Co] · W` onto the
 //! input rows, the weight gradient of a tap adds `dy[rows, Co]ᵀ · x[rows', C]`. Every run is added
 //! in the same order whatever the thread count (`gemm` splits rows and columns, never the shared
