@@ -31,6 +31,16 @@ pub use batch_norm::{Rectifier, batch_norm, batch_norm_rectified};
 pub use conv2d::conv2d;
 pub use max_pool::max_pool2d;
 
+/// Runs `f` on a pool of `threads` threads: the kernels' tests compare one thread with several.
+#[cfg(test)]
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 /// Outputs of a window of `kernel` taps sliding by `stride` along an axis of `size` positions
 /// padded by `padding` on both sides; `None` when the window does not fit.
 fn sliding_outputs(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {

@@ -223,17 +223,13 @@ mod tests {
             })
             .collect();
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    let (mean, variance) = statistics(channels, &x);
-                    let sums = gradient_sums(channels, &dy, &x, &mean);
-                    let epilogue = Some((Some(residual.as_slice()), Rectifier::Relu6));
-                    let output = normalize(&x, &per_channel, epilogue);
-                    (mean, variance, sums, output, affine(&x, &dy, &constants))
-                })
+            crate::kernels::on_threads(threads, || {
+                let (mean, variance) = statistics(channels, &x);
+                let sums = gradient_sums(channels, &dy, &x, &mean);
+                let epilogue = Some((Some(residual.as_slice()), Rectifier::Relu6));
+                let output = normalize(&x, &per_channel, epilogue);
+                (mean, variance, sums, output, affine(&x, &dy, &constants))
+            })
         };
         assert!(run(1) == run(4));
     }

@@ -1694,11 +1694,7 @@ mod tests {
         let (x, dy) = (to_f32(wave(len, 0.5)), to_f32(wave(len, 3.3)));
         let channel = |v: f32| host_tensor(vec![v; 8], &[8]);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::kernels::on_threads(threads, || {
                 let x = host_tensor(x.clone(), &shape);
                 let (output, mean, variance) = host_normalize_batch::<f32>(
                     layout,

@@ -734,17 +734,13 @@ mod tests {
             let [x, w, dy] =
                 operands(&g).map(|v| v.into_iter().map(|v| v as f32).collect::<Vec<_>>());
             let run = |threads: usize| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap()
-                    .install(|| {
-                        let taps = runs_tap_by_tap(&g);
-                        (
-                            planes_forward(&g, &x, &w, taps),
-                            planes_backward(&g, [&x, &w, &dy], taps),
-                        )
-                    })
+                crate::kernels::on_threads(threads, || {
+                    let taps = runs_tap_by_tap(&g);
+                    (
+                        planes_forward(&g, &x, &w, taps),
+                        planes_backward(&g, [&x, &w, &dy], taps),
+                    )
+                })
             };
             let (one, four) = (run(1), run(4));
             assert!(one.0 == four.0, "forward differs on {g:?}");
