@@ -39,6 +39,24 @@ pub(crate) fn from_rows<T: burn::tensor::Element>(
     FlexTensor::from_data(TensorData::new(values, [height, width, batch, channels])).permute(&ROWS)
 }
 
+/// A tensor of `shape` over `values` in `reference`'s order: position-major rows when
+/// `reference` is stored so, contiguous values otherwise.
+pub(crate) fn tensor_stored_like<T: burn::tensor::Element>(
+    values: Vec<T>,
+    shape: &[usize],
+    reference: &FlexTensor,
+) -> FlexTensor {
+    match *shape {
+        [b, c, h, w] if is_position_major(reference) => from_rows(values, [b, c, h, w]),
+        _ => FlexTensor::from_data(TensorData::new(values, shape.to_vec())),
+    }
+}
+
+/// `tensor` as the kernels read it: position-major when it is stored so, contiguous otherwise.
+pub(crate) fn readable(tensor: &FlexTensor) -> FlexTensor {
+    stored_like(tensor.clone(), tensor)
+}
+
 /// `tensor` stored as `reference` is: position-major when `reference` is, contiguous otherwise
 /// (`tensor` itself when it already is).
 pub(crate) fn stored_like(tensor: FlexTensor, reference: &FlexTensor) -> FlexTensor {

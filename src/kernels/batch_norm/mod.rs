@@ -19,8 +19,9 @@
 //! Each channel's sums run on one thread in a fixed order, so results do not depend on the thread
 //! count. An activation the tap-by-tap convolutions hand on position-major is normalised where it
 //! lies, channels innermost ([`channels_last`]), and its output and gradients keep that order; a
-//! residual or gradient stored the other way is copied into the input's order first. Other element types fall back to burn's ops. Benchmark: `cargo bench --bench
-//! batch_norm` (BENCHMARKS.md, "BatchNorm").
+//! residual or gradient stored the other way is copied into the input's order first. Other
+//! element types fall back to burn's ops. Benchmark: `cargo bench --bench batch_norm`
+//! (BENCHMARKS.md, "BatchNorm").
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -690,8 +691,8 @@ fn host_tensor<T: Element>(values: Vec<T>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
-/// The values of a tensor that [`position_major::stored_like`] arranged: contiguous, or
-/// position-major rows.
+/// The values of a tensor that [`position_major::readable`] or [`position_major::stored_like`]
+/// arranged: contiguous, or position-major rows.
 fn arranged_values<T: Element>(tensor: &FlexTensor) -> &[T] {
     match tensor.as_slice::<T>() {
         Some(values) => values,
@@ -701,12 +702,7 @@ fn arranged_values<T: Element>(tensor: &FlexTensor) -> &[T] {
 
 /// An activation of `x`'s shape over `values` stored in `x`'s order.
 fn host_activation<T: Element>(values: Vec<T>, x: &FlexTensor) -> FlexTensor {
-    match x.shape().as_slice() {
-        &[b, c, h, w] if position_major::is_position_major(x) => {
-            position_major::from_rows(values, [b, c, h, w])
-        }
-        shape => host_tensor(values, shape),
-    }
+    position_major::tensor_stored_like(values, x.shape().as_slice(), x)
 }
 
 fn host_channel_tensor<T: Element>(values: impl Iterator<Item = f64>) -> FlexTensor {
@@ -741,7 +737,7 @@ fn host_normalize_batch<T: Element>(
     epsilon: f64,
     epilogue: HostEpilogue<'_>,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let x = position_major::stored_like(x.clone(), x);
+    let x = position_major::readable(x);
     let values = arranged_values::<T>(&x);
     let (mean, variance) = statistics(layout, values);
     let (gamma, beta) = (host_values::<T>(gamma), host_values::<T>(beta));
@@ -768,7 +764,7 @@ fn host_normalize_batch_backward<T: Element>(
     epsilon: f64,
     output_grad: &FlexTensor,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let x = position_major::stored_like(x.clone(), x);
+    let x = position_major::readable(x);
     let dy = position_major::stored_like(output_grad.clone(), &x);
     let (x_values, dy_values) = (arranged_values::<T>(&x), arranged_values::<T>(&dy));
     let (gamma, mean, variance) = (
@@ -817,7 +813,7 @@ fn host_normalize_with_statistics<T: Element>(
     epsilon: f64,
     epilogue: HostEpilogue<'_>,
 ) -> FlexTensor {
-    let x = position_major::stored_like(x.clone(), x);
+    let x = position_major::readable(x);
     let values = arranged_values::<T>(&x);
     let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(host_values::<T>);
     let output = with_epilogue::<T, _>(epilogue, &x, |epilogue| {
@@ -839,7 +835,7 @@ fn host_rectifier_backward<T: Element>(
     output_grad: FlexTensor,
     rectifier: Rectifier,
 ) -> FlexTensor {
-    let output = position_major::stored_like(output.clone(), output);
+    let output = position_major::readable(output);
     let output_values = arranged_values::<T>(&output);
     let mut grad = position_major::stored_like(output_grad, &output);
     let in_place = grad.layout().start_offset() == 0;

@@ -353,12 +353,7 @@ fn host_backward<T: Element>(
         let input = tap_activation::<T>(x, &mut x_copy);
         let dy = tap_activation::<T>(output_grad, &mut dy_copy);
         let (dx, dw) = by_tap::backward(g, input, weight_values, dy, wanted);
-        let dx = dx.map(|dx| match input {
-            by_tap::Activation::Rows(_) => position_major::from_rows(dx, input_shape),
-            by_tap::Activation::Planes(_) => {
-                FlexTensor::from_data(TensorData::new(dx, input_shape))
-            }
-        });
+        let dx = dx.map(|dx| position_major::tensor_stored_like(dx, &input_shape, x));
         (dx, dw)
     } else {
         let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
