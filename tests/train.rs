@@ -242,6 +242,28 @@ fn each_lever_changes_the_regulariser_as_documented() {
     let squares = distances.iter().map(|d| d * d).collect();
     assert!((squared.regulariser - mean(squares)).abs() < 1e-5);
 
+    // Label smoothing: the cross-entropy against `(1 − α)·one-hot + α/K` is affine in α, and the
+    // regulariser does not see it.
+    let smoothed = |alpha: f64| {
+        one_step(
+            &TrainConfig {
+                label_smoothing: alpha,
+                ..base.clone()
+            },
+            &model,
+            2.0,
+        )
+    };
+    let (light, middle, heavy) = (smoothed(0.1), smoothed(0.2), smoothed(0.3));
+    assert_eq!(middle.block_mswd, plain.block_mswd);
+    assert!((middle.regulariser - plain.regulariser).abs() < 1e-6);
+    assert!(
+        (middle.cross_entropy - (light.cross_entropy + heavy.cross_entropy) / 2.0).abs() < 1e-5
+    );
+    let per_alpha = (heavy.cross_entropy - light.cross_entropy) / 0.2;
+    assert!(per_alpha.abs() > 1e-4, "smoothing changed nothing");
+    assert!((light.cross_entropy - 0.1 * per_alpha - plain.cross_entropy).abs() < 1e-5);
+
     // MACs weighting: weights proportional to the blocks' MACs with mean 1.
     let by_macs = TrainConfig {
         block_weighting: BlockWeighting::Macs,

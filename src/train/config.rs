@@ -121,6 +121,11 @@ pub struct TrainConfig {
     /// Regularise `MSW_p^p` (W2² at p = 2) instead of `MSW_p`.
     #[serde(default)]
     pub squared: bool,
+    /// Label smoothing of the training cross-entropy: the target puts `1 − α` on the label and
+    /// `α / classes` on every class (0: plain one-hot targets, as in the paper). Evaluation
+    /// always reports the plain cross-entropy.
+    #[serde(default)]
+    pub label_smoothing: f64,
     /// Training augmentation, if any.
     pub augmentation: Option<Augmentation>,
     /// Seed of initialisation, data order, augmentation and directions.
@@ -162,6 +167,7 @@ impl Default for TrainConfig {
             directions: DirectionKind::Random,
             ascent_steps: 0,
             squared: false,
+            label_smoothing: 0.0,
             augmentation: Some(Augmentation {
                 crop_padding: 4,
                 horizontal_flip: true,
@@ -287,6 +293,9 @@ impl TrainConfig {
         if self.squared {
             flag("squared", None);
         }
+        if differs(self.label_smoothing, defaults.label_smoothing) {
+            flag("label-smoothing", Some(self.label_smoothing.to_string()));
+        }
         let (crop_padding, flip) = self
             .augmentation
             .map_or((0, false), |a| (a.crop_padding, a.horizontal_flip));
@@ -381,6 +390,13 @@ impl TrainConfig {
                 ),
             ),
             (
+                !(finite(self.label_smoothing) && (0.0..1.0).contains(&self.label_smoothing)),
+                format!(
+                    "--label-smoothing must be in [0, 1), not {}",
+                    self.label_smoothing
+                ),
+            ),
+            (
                 !(finite(self.p) && self.p >= 1.0),
                 format!("--p must be a finite number >= 1, not {}", self.p),
             ),
@@ -443,12 +459,13 @@ mod tests {
                 root: "/data/my mnist".into(),
             },
             squared: true,
+            label_smoothing: 0.1,
             augmentation: None,
             ..TrainConfig::default()
         };
         assert_eq!(
             odd.train_command(),
-            "lacoot train --model resnet18 --data mnist --data-dir '/data/my mnist' --epochs 160 --lambda 5 --squared --crop-padding 0 --no-flip"
+            "lacoot train --model resnet18 --data mnist --data-dir '/data/my mnist' --epochs 160 --lambda 5 --squared --label-smoothing 0.1 --crop-padding 0 --no-flip"
         );
         assert_eq!(shell_word("it's"), r"'it'\''s'");
     }
@@ -480,6 +497,7 @@ mod tests {
             "directions",
             "ascent_steps",
             "squared",
+            "label_smoothing",
         ] {
             assert!(object.remove(key).is_some(), "{key}");
         }
@@ -527,6 +545,14 @@ mod tests {
             },
             TrainConfig {
                 milestones: vec![f64::NAN],
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                label_smoothing: 1.0,
+                ..TrainConfig::default()
+            },
+            TrainConfig {
+                label_smoothing: -0.1,
                 ..TrainConfig::default()
             },
             TrainConfig {

@@ -195,7 +195,7 @@ pub struct EpochMetrics {
     pub learning_rate: f64,
     /// Mean total loss over the epoch's batches.
     pub train_loss: f64,
-    /// Mean cross-entropy.
+    /// Mean cross-entropy (against smoothed targets with `--label-smoothing`).
     pub cross_entropy: f64,
     /// Mean regulariser (mean MSW over regularised blocks), before λ.
     pub regulariser: f64,
@@ -517,7 +517,7 @@ pub fn train(
 pub struct StepOutcome {
     /// Total loss.
     pub loss: f64,
-    /// Cross-entropy part.
+    /// Cross-entropy part (against smoothed targets with label smoothing).
     pub cross_entropy: f64,
     /// The regulariser before λ: the blocks' weighted mean max-sliced distance (of `MSW_p^p` with
     /// `squared`); 0 when λ = 0.
@@ -554,7 +554,11 @@ impl TrainingStep {
         device: &Device,
     ) -> Self {
         Self {
-            loss_fn: CrossEntropyLossConfig::new().init(device),
+            loss_fn: CrossEntropyLossConfig::new()
+                .with_smoothing(
+                    (config.label_smoothing > 0.0).then_some(config.label_smoothing as f32),
+                )
+                .init(device),
             captured: if config.lambda > 0.0 {
                 block_weights.keys().cloned().collect()
             } else {

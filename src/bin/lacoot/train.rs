@@ -159,6 +159,12 @@ pub struct TrainSettingsArgs {
     #[arg(long)]
     squared: bool,
 
+    /// Label smoothing α of the training cross-entropy: the target puts 1 − α on the label and
+    /// α / classes on every class, so the network is not pushed towards ever larger logits.
+    /// 0: one-hot targets (the paper). Validation and test report the plain cross-entropy.
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
+    label_smoothing: f64,
+
     /// Random-crop padding in pixels (0: no crop).
     #[arg(long, default_value_t = 4)]
     crop_padding: usize,
@@ -224,6 +230,7 @@ impl TrainSettingsArgs {
             directions: self.directions,
             ascent_steps: self.ascent_steps,
             squared: self.squared,
+            label_smoothing: self.label_smoothing,
             augmentation,
             seed: self.seed,
             init_from: self.init_from.clone(),
@@ -622,6 +629,7 @@ mod tests {
             directions: DirectionKind::Orthogonal,
             ascent_steps: 3,
             squared: true,
+            label_smoothing: 0.05,
             augmentation: Some(Augmentation {
                 crop_padding: 2,
                 horizontal_flip: false,
