@@ -17,13 +17,16 @@
 //! The backward passes reuse the same runs: the input gradient adds `dy[rows, Co] · W` onto the
 //! input rows, the weight gradient of a tap adds `dy[rows, Co]ᵀ · x[rows', C]`. Every run is added
 //! in the same order whatever the thread count (`gemm` splits rows and columns, never the shared
-//! dimension), so the results are reproducible.
+//! dimension), so the results are reproducible. Where one output row's product is too small for
+//! `gemm` to split (a width-16 network's 7x7 to 2x2 layers), the runs are cut to one output row
+//! each and spread over the threads by the rows they write (the weight gradient by taps), each
+//! row's runs in the same order, so that such layers do not run on one thread.
 
 use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::{Element, Geometry, product};
+use super::{Element, Geometry, PARALLEL_MACS, product, product_with};
 
 /// Where each position of a plane lies in a position-major buffer: grouped by its phase modulo the
 /// stride first, then by its place within that phase. Positions one stride apart are then adjacent,
@@ -116,6 +119,76 @@ fn runs(g: &Geometry, layout: &PhaseLayout) -> Vec<Run> {
         }
     }
     runs
+}
+
+/// How a convolution's products share the threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spread {
+    /// One product after the other, each split across the threads by `gemm` when it is large.
+    InsideProducts,
+    /// Products cut to one output row each and run on one thread each, the rows of the output
+    /// (forward), of the input gradient (backward) or the taps (weight gradient) at once.
+    AcrossRows,
+}
+
+impl Spread {
+    /// Across rows when a product of one output row is too small for `gemm` to split (a
+    /// width-16 network's `[7·128, 32] × [32, 32]`): without it such a layer runs on one thread.
+    /// A function of the shapes alone, so the results do not depend on the thread count.
+    fn of(g: &Geometry) -> Self {
+        if g.size_out[1] * g.batch * g.channels_in * g.channels_out < PARALLEL_MACS {
+            Self::AcrossRows
+        } else {
+            Self::InsideProducts
+        }
+    }
+}
+
+/// `runs` cut so that none spans more than one output row: a whole-plane run (whose input slots
+/// advance by one phase row per output row) becomes one run per row. Each value is then the same
+/// sum in the same order, the products only have fewer rows.
+fn row_pieces(runs: &[Run], out_width: usize) -> Vec<Run> {
+    runs.iter()
+        .flat_map(|&run| {
+            let rows = if run.positions > out_width {
+                run.positions / out_width
+            } else {
+                1
+            };
+            let step = if rows > 1 { out_width } else { 0 };
+            (0..rows).map(move |row| Run {
+                in_position: run.in_position + row * step,
+                out_position: run.out_position + row * step,
+                positions: if rows > 1 { out_width } else { run.positions },
+                ..run
+            })
+        })
+        .collect()
+}
+
+/// Runs `apply(run, chunk_start, chunk)` for every run, those of one chunk of `buffer` (cut into
+/// chunks of `chunk_len` values) in their order on one thread, the chunks in parallel: `chunk_of`
+/// names the one chunk a run writes.
+fn by_chunks<T: Element>(
+    buffer: &mut [T],
+    chunk_len: usize,
+    runs: &[Run],
+    chunk_of: impl Fn(&Run) -> usize,
+    apply: impl Fn(&Run, usize, &mut [T]) + Sync,
+) {
+    let mut groups = vec![Vec::new(); buffer.len().div_ceil(chunk_len)];
+    for run in runs {
+        groups[chunk_of(run)].push(*run);
+    }
+    buffer
+        .par_chunks_mut(chunk_len)
+        .zip(groups)
+        .enumerate()
+        .for_each(|(index, (chunk, group))| {
+            for run in &group {
+                apply(run, index * chunk_len, chunk);
+            }
+        });
 }
 
 /// `planes` (`[images, channels, H, W]`, NCHW) as `[slots, images, channels]` in `layout`.
@@ -233,33 +306,79 @@ impl<'a, T: Element> Activation<'a, T> {
     }
 }
 
+/// [`product`] as `spread` runs it: split by `gemm` when large enough, or on the calling thread.
+///
+/// # Safety
+/// As for [`product`].
+unsafe fn spread_product<T: Element>(
+    spread: Spread,
+    dims: [usize; 3],
+    dst: (*mut T, isize, isize),
+    lhs: (*const T, isize, isize),
+    rhs: (*const T, isize, isize),
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match spread {
+            Spread::InsideProducts => product(dims, dst, true, lhs, rhs),
+            Spread::AcrossRows => product_with(false, dims, dst, true, lhs, rhs),
+        }
+    }
+}
+
 /// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`
 /// as position-major rows (`[Ho·Wo, B, Co]`).
 pub(super) fn forward<T: Element>(g: &Geometry, x: Activation<'_, T>, weight: &[T]) -> Vec<T> {
+    forward_spread(g, x, weight, Spread::of(g))
+}
+
+fn forward_spread<T: Element>(
+    g: &Geometry,
+    x: Activation<'_, T>,
+    weight: &[T],
+    spread: Spread,
+) -> Vec<T> {
     let (b, c, co) = (g.batch, g.channels_in, g.channels_out);
     let taps = g.kernel[0] * g.kernel[1];
     let [in_layout, _] = layouts(g);
     let x_rows = x.in_slots([b, c], &in_layout);
     let mut out_rows = vec![T::default(); g.positions() * b * co];
-    for run in runs(g, &in_layout) {
-        // SAFETY: the run's input rows [positions·B, C] and output rows [positions·B, Co] lie in
-        // their position-major buffers (the runs stay inside both planes); the tap's weights are
-        // read as [C, Co] with strides (taps, C·taps) inside `weight`.
+    let runs = runs(g, &in_layout);
+    let add_run = |run: &Run, out: *mut T| {
+        // SAFETY: `out` is the run's first output row, and its [positions·B, Co] rows and the
+        // input rows [positions·B, C] lie in their position-major buffers (the runs stay inside
+        // both planes); the tap's weights are read as [C, Co] with strides (taps, C·taps) inside
+        // `weight`.
         unsafe {
-            product(
+            spread_product(
+                spread,
                 [run.positions * b, co, c],
-                (
-                    out_rows[run.out_position * b * co..].as_mut_ptr(),
-                    co as isize,
-                    1,
-                ),
-                true,
+                (out, co as isize, 1),
                 (x_rows[run.in_position * b * c..].as_ptr(), c as isize, 1),
                 (
                     weight[run.tap..].as_ptr(),
                     taps as isize,
                     (c * taps) as isize,
                 ),
+            );
+        }
+    };
+    match spread {
+        Spread::InsideProducts => {
+            for run in &runs {
+                add_run(run, out_rows[run.out_position * b * co..].as_mut_ptr());
+            }
+        }
+        Spread::AcrossRows => {
+            let width = g.size_out[1];
+            by_chunks(
+                &mut out_rows,
+                width * b * co,
+                &row_pieces(&runs, width),
+                |run| run.out_position / width,
+                |run, start, chunk| {
+                    add_run(run, chunk[run.out_position * b * co - start..].as_mut_ptr())
+                },
             );
         }
     }
@@ -273,7 +392,18 @@ pub(super) fn backward<T: Element>(
     x: Activation<'_, T>,
     weight: &[T],
     dy: Activation<'_, T>,
+    wanted: [bool; 2],
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    backward_spread(g, x, weight, dy, wanted, Spread::of(g))
+}
+
+fn backward_spread<T: Element>(
+    g: &Geometry,
+    x: Activation<'_, T>,
+    weight: &[T],
+    dy: Activation<'_, T>,
     [want_input, want_weight]: [bool; 2],
+    spread: Spread,
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
     let (b, c, co) = (g.batch, g.channels_in, g.channels_out);
     let taps = g.kernel[0] * g.kernel[1];
@@ -282,18 +412,14 @@ pub(super) fn backward<T: Element>(
     let dy_rows = dy.in_slots([b, co], &out_layout);
     let dx = want_input.then(|| {
         let mut dx_rows = vec![T::default(); in_layout.slots() * b * c];
-        for run in &runs {
+        let add_run = |run: &Run, dx: *mut T| {
             // SAFETY: as in `forward`, with the roles of input and output rows exchanged and the
             // tap's weights read as [Co, C] (strides C·taps, taps).
             unsafe {
-                product(
+                spread_product(
+                    spread,
                     [run.positions * b, c, co],
-                    (
-                        dx_rows[run.in_position * b * c..].as_mut_ptr(),
-                        c as isize,
-                        1,
-                    ),
-                    true,
+                    (dx, c as isize, 1),
                     (
                         dy_rows[run.out_position * b * co..].as_ptr(),
                         co as isize,
@@ -306,26 +432,41 @@ pub(super) fn backward<T: Element>(
                     ),
                 );
             }
+        };
+        match spread {
+            Spread::InsideProducts => {
+                for run in &runs {
+                    add_run(run, dx_rows[run.in_position * b * c..].as_mut_ptr());
+                }
+            }
+            Spread::AcrossRows => {
+                // A run of one output row reads, and so writes back, slots of one phase row.
+                let phase_row = in_layout.quotient[1];
+                by_chunks(
+                    &mut dx_rows,
+                    phase_row * b * c,
+                    &row_pieces(&runs, g.size_out[1]),
+                    |run| run.in_position / phase_row,
+                    |run, start, chunk| {
+                        add_run(run, chunk[run.in_position * b * c - start..].as_mut_ptr());
+                    },
+                );
+            }
         }
         x.store_like(dx_rows, [b, c], &in_layout)
     });
     let dw = want_weight.then(|| {
         let x_rows = x.in_slots([b, c], &in_layout);
-        let mut dw = vec![T::default(); co * c * taps];
-        for run in &runs {
-            let rows = run.positions * b;
-            // SAFETY: the tap's gradient is [Co, C] with strides (C·taps, taps) inside `dw`; the
-            // run's output-gradient rows are read transposed as [Co, rows] and its input rows as
+        // The gradient of one tap, [Co, C] with strides `(co_stride, c_stride)` from `dw`.
+        let add_run = |run: &Run, dw: *mut T, (co_stride, c_stride): (isize, isize)| {
+            // SAFETY: `dw` covers the tap's [Co, C] gradient at those strides; the run's
+            // output-gradient rows are read transposed as [Co, rows] and its input rows as
             // [rows, C], both inside their position-major buffers.
             unsafe {
-                product(
-                    [co, c, rows],
-                    (
-                        dw[run.tap..].as_mut_ptr(),
-                        (c * taps) as isize,
-                        taps as isize,
-                    ),
-                    true,
+                spread_product(
+                    spread,
+                    [co, c, run.positions * b],
+                    (dw, co_stride, c_stride),
                     (
                         dy_rows[run.out_position * b * co..].as_ptr(),
                         1,
@@ -333,6 +474,31 @@ pub(super) fn backward<T: Element>(
                     ),
                     (x_rows[run.in_position * b * c..].as_ptr(), c as isize, 1),
                 );
+            }
+        };
+        let mut dw = vec![T::default(); co * c * taps];
+        match spread {
+            Spread::InsideProducts => {
+                for run in &runs {
+                    let strides = ((c * taps) as isize, taps as isize);
+                    add_run(run, dw[run.tap..].as_mut_ptr(), strides);
+                }
+            }
+            Spread::AcrossRows => {
+                // The taps at once, each into its own [Co, C] block, then interleaved.
+                let mut by_tap = vec![T::default(); taps * co * c];
+                by_chunks(
+                    &mut by_tap,
+                    co * c,
+                    &runs,
+                    |run| run.tap,
+                    |run, _, block| add_run(run, block.as_mut_ptr(), (c as isize, 1)),
+                );
+                for (tap, block) in by_tap.chunks(co * c).enumerate() {
+                    for (value, &gradient) in dw[tap..].iter_mut().step_by(taps).zip(block) {
+                        *value = gradient;
+                    }
+                }
             }
         }
         dw
@@ -404,6 +570,40 @@ mod tests {
                 backward(&g, Activation::Rows(&x_rows), &w, Activation::Rows(&dy_rows), [true, true]);
             prop_assert_eq!(rows_to_planes(&dx_rows.unwrap(), [batch, c], g.size_in), dx);
             prop_assert_eq!(dw_rows.unwrap(), dw);
+        }
+    }
+
+    /// Spreading the runs across rows, taps and threads gives the values of one product after
+    /// the other, to the bit, at strides 1 and 2, with whole-plane runs, on 1 and 3 threads.
+    #[test]
+    fn spreading_across_rows_changes_no_bit() {
+        for (x, weight, stride, padding) in [
+            ([20, 8, 7, 7], [8, 8, 3, 3], 1, 1),
+            ([18, 6, 14, 14], [9, 6, 3, 3], 2, 1),
+            ([17, 5, 8, 8], [7, 5, 1, 1], 2, 0),
+            ([16, 4, 2, 2], [6, 4, 3, 3], 1, 1),
+        ] {
+            let g = geometry(x, weight, stride, padding);
+            assert_eq!(Spread::of(&g), Spread::AcrossRows);
+            let values = |len: usize, phase: f32| -> Vec<f32> {
+                (0..len)
+                    .map(|i| ((i as f32 + phase) * 0.37).sin())
+                    .collect()
+            };
+            let x = values(g.batch * g.channels_in * g.plane_in(), 0.1);
+            let w = values(g.channels_out * g.patch_len(), 0.2);
+            let dy = values(g.batch * g.channels_out * g.positions(), 0.3);
+            let run = |spread: Spread| {
+                let planes = Activation::Planes;
+                let out = forward_spread(&g, planes(&x), &w, spread);
+                let grads = backward_spread(&g, planes(&x), &w, planes(&dy), [true, true], spread);
+                (out, grads)
+            };
+            let one_after_the_other = run(Spread::InsideProducts);
+            for threads in [1, 3] {
+                let spread = crate::kernels::on_threads(threads, || run(Spread::AcrossRows));
+                assert_eq!(spread, one_after_the_other, "{g:?} on {threads} threads");
+            }
         }
     }
 
