@@ -150,16 +150,11 @@ impl Spread {
 fn row_pieces(runs: &[Run], out_width: usize) -> Vec<Run> {
     runs.iter()
         .flat_map(|&run| {
-            let rows = if run.positions > out_width {
-                run.positions / out_width
-            } else {
-                1
-            };
-            let step = if rows > 1 { out_width } else { 0 };
-            (0..rows).map(move |row| Run {
-                in_position: run.in_position + row * step,
-                out_position: run.out_position + row * step,
-                positions: if rows > 1 { out_width } else { run.positions },
+            let piece = run.positions.min(out_width);
+            (0..run.positions / piece).map(move |row| Run {
+                in_position: run.in_position + row * piece,
+                out_position: run.out_position + row * piece,
+                positions: piece,
                 ..run
             })
         })
