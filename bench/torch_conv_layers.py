@@ -3,7 +3,7 @@
 weight), each the median of 5 runs after one warm-up, times how often the network has the layer. The
 stem's backward to the input is shown but not counted (training never needs the images' gradient).
 
-    python3 bench/torch_conv_layers.py --threads 2
+    python3 bench/torch_conv_layers.py --threads 2 [--batch 64]
 """
 
 import argparse
@@ -12,7 +12,6 @@ import json
 import torch
 from torch_train_step import median_s
 
-BATCH = 128
 
 # name, channels in, channels out, kernel, stride, input size, count: the same table as the Rust bench.
 LAYERS = [
@@ -37,10 +36,11 @@ def median_ms(run) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--batch", type=int, default=128, help="images per pass (the Rust side: LACOOT_BENCH_BATCH)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"ResNet-18 (CIFAR) convolutions, batch {BATCH}, PyTorch {torch.__version__}, {args.threads} threads")
+    print(f"ResNet-18 (CIFAR) convolutions, batch {args.batch}, PyTorch {torch.__version__}, {args.threads} threads")
     print("| layer | count | GMAC | forward ms | backward-input ms | backward-weight ms |")
     print("|---|---:|---:|---:|---:|---:|")
     totals = [0.0, 0.0, 0.0]
@@ -48,9 +48,9 @@ def main() -> None:
         for name, c_in, c_out, kernel, stride, size, count in LAYERS:
             padding = kernel // 2
             size_out = (size + 2 * padding - kernel) // stride + 1
-            x = torch.randn(BATCH, c_in, size, size)
+            x = torch.randn(args.batch, c_in, size, size)
             w = 0.1 * torch.randn(c_out, c_in, kernel, kernel)
-            grad = torch.randn(BATCH, c_out, size_out, size_out)
+            grad = torch.randn(args.batch, c_out, size_out, size_out)
 
             def backward(mask):
                 return torch.ops.aten.convolution_backward(
@@ -65,7 +65,7 @@ def main() -> None:
             for index, value in enumerate(times):
                 if index != 1 or c_in != 3:
                     totals[index] += value * count
-            macs = BATCH * c_out * size_out**2 * c_in * kernel**2
+            macs = args.batch * c_out * size_out**2 * c_in * kernel**2
             print(f"| {name} | {count} | {macs * 1e-9:.3f} | {times[0]:.1f} | {times[1]:.1f} | {times[2]:.1f} |")
     print(f"| **network (times count)** | | | **{totals[0]:.1f}** | **{totals[1]:.1f}** | **{totals[2]:.1f}** |")
     print(

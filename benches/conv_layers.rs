@@ -12,7 +12,9 @@
 //! images' gradient). `bench/torch_conv_layers.py` times the same passes in PyTorch (oneDNN) with
 //! the same table.
 //!
-//! `cargo bench --bench conv_layers` prints a Markdown table and one JSON line per implementation.
+//! `cargo bench --bench conv_layers` prints a Markdown table and one JSON line per implementation;
+//! `LACOOT_BENCH_BATCH=64` times another batch size (`--batch 64` on the PyTorch side), e.g. the
+//! batch `eval_forward` measures.
 
 /// The allocator and setting the `lacoot` binary uses (see `lacoot::memory`).
 #[global_allocator]
@@ -26,7 +28,20 @@ use burn::tensor::{Distribution, Tensor};
 use lacoot::device::default_device;
 use lacoot::kernels::conv2d::{dense_conv2d, dense_conv2d_backward};
 
-const BATCH: usize = 128;
+/// The batch size unless `LACOOT_BENCH_BATCH` says otherwise.
+const DEFAULT_BATCH: usize = 128;
+
+/// The batch size of every layer's tensors.
+fn batch() -> usize {
+    match std::env::var("LACOOT_BENCH_BATCH") {
+        Ok(value) => value
+            .parse()
+            .ok()
+            .filter(|&batch| batch > 0)
+            .unwrap_or_else(|| panic!("LACOOT_BENCH_BATCH={value:?} is not a positive integer")),
+        Err(_) => DEFAULT_BATCH,
+    }
+}
 const REPEATS: usize = 5;
 
 /// One convolution shape of the network and how many times it occurs.
@@ -91,7 +106,7 @@ impl Layer {
     }
 
     fn macs(&self) -> usize {
-        BATCH * self.channels_out * self.size_out().pow(2) * self.channels_in * self.kernel.pow(2)
+        batch() * self.channels_out * self.size_out().pow(2) * self.channels_in * self.kernel.pow(2)
     }
 }
 
@@ -104,7 +119,7 @@ fn time_layer(layer: &Layer, device: &burn::tensor::Device) -> [[f64; 3]; 2] {
     let [size_in, size_out] = [layer.size_in, layer.size_out()];
     let [stride, padding] = [layer.stride, layer.padding()];
     let input = Tensor::<4>::random(
-        [BATCH, layer.channels_in, size_in, size_in],
+        [batch(), layer.channels_in, size_in, size_in],
         Distribution::Normal(0.0, 1.0),
         device,
     );
@@ -119,7 +134,7 @@ fn time_layer(layer: &Layer, device: &burn::tensor::Device) -> [[f64; 3]; 2] {
         device,
     );
     let output_grad = Tensor::<4>::random(
-        [BATCH, layer.channels_out, size_out, size_out],
+        [batch(), layer.channels_out, size_out, size_out],
         Distribution::Normal(0.0, 1.0),
         device,
     );
@@ -182,7 +197,8 @@ fn main() {
     let device = default_device();
     let threads = rayon::current_num_threads();
     println!(
-        "ResNet-18 (CIFAR) convolutions, batch {BATCH}, {threads} threads: burn flex / lacoot, ms"
+        "ResNet-18 (CIFAR) convolutions, batch {}, {threads} threads: burn flex / lacoot, ms",
+        batch()
     );
     println!("| layer | count | GMAC | forward | backward-input | backward-weight |");
     println!("|---|---:|---:|---:|---:|---:|");
