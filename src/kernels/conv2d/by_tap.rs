@@ -8,7 +8,11 @@
 //! into patches, and the products skip the padding, which im2col would multiply by: on a 2x2 plane a
 //! 3x3 kernel reaches the image with 4 of its 9 taps per position (44 % of im2col's work), on a 4x4
 //! plane 69 %. The products have `images · run` rows and the full channel counts as the other two
-//! sizes, large enough for `gemm`'s micro-kernels even when a plane has 4 positions.
+//! sizes, large enough for `gemm`'s micro-kernels even when a plane has 4 positions. The weights
+//! are reordered once per call so that each tap's matrix has contiguous rows in the order `gemm`
+//! packs it (`[C, taps, Co]` forward, `[Co, taps, C]` for the input gradient): read in place, one
+//! value every `kh·kw`, each tap's packing streamed the whole weight tensor (the eval forward of
+//! the CIFAR ResNet-18 at batch 64: 137–144 ms before, 111–125 ms after, BENCHMARKS.md, session 18).
 //!
 //! The output leaves in that order (a position-major view, [`crate::kernels::position_major`]), an
 //! input or output gradient that arrives so is read as it lies, and the input gradient goes back
@@ -241,6 +245,57 @@ fn layouts(g: &Geometry) -> [PhaseLayout; 2] {
     ]
 }
 
+/// `weight` (`[Co, C, kh·kw]`) as `[Co, kh·kw, C]`: each tap's `[Co, C]` weights then lie in rows
+/// of `C` contiguous values (`kh·kw·C` apart) instead of one value every `kh·kw`, so `gemm` packs
+/// them from whole cache lines instead of gathering them from the whole tensor for every tap.
+/// Only the layout changes, not a value. One pass over the weights per call; a 1x1 kernel is
+/// already in that order.
+fn taps_before_channels<T: Element>(weight: &[T], channels_in: usize, taps: usize) -> Cow<'_, [T]> {
+    if taps == 1 {
+        return Cow::Borrowed(weight);
+    }
+    let mut reordered = vec![T::default(); weight.len()];
+    reordered
+        .par_chunks_mut(taps * channels_in)
+        .zip(weight.par_chunks(channels_in * taps))
+        .for_each(|(rows, filter)| {
+            for (tap, row) in rows.chunks_mut(channels_in).enumerate() {
+                for (slot, &value) in row.iter_mut().zip(filter[tap..].iter().step_by(taps)) {
+                    *slot = value;
+                }
+            }
+        });
+    Cow::Owned(reordered)
+}
+
+/// Input channels the reordering of [`channels_then_taps`] reads together (`IN_BLOCK · taps`
+/// contiguous values of each filter).
+const IN_BLOCK: usize = 8;
+
+/// `weight` (`[Co, C, kh·kw]`) as `[C, kh·kw, Co]`: each tap's weights then form a `[C, Co]`
+/// matrix whose rows are `Co` contiguous values, the order `gemm` packs the forward product's
+/// weights in. Only the layout changes, not a value.
+fn channels_then_taps<T: Element>(
+    weight: &[T],
+    [channels_out, channels_in]: [usize; 2],
+    taps: usize,
+) -> Vec<T> {
+    let mut reordered = vec![T::default(); weight.len()];
+    reordered
+        .par_chunks_mut(IN_BLOCK * taps * channels_out)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let first = block * IN_BLOCK;
+            let span = rows.len() / channels_out;
+            for (o, filter) in weight.chunks(channels_in * taps).enumerate() {
+                for (index, &value) in filter[first * taps..][..span].iter().enumerate() {
+                    rows[index * channels_out + o] = value;
+                }
+            }
+        });
+    reordered
+}
+
 /// An activation `[B, C, H, W]` as it arrives: NCHW planes, or position-major rows
 /// (`[H·W, B, C]`, the order this scheme computes in and hands on).
 #[derive(Clone, Copy, Debug)]
@@ -337,24 +392,21 @@ fn forward_spread<T: Element>(
     let taps = g.kernel[0] * g.kernel[1];
     let [in_layout, _] = layouts(g);
     let x_rows = x.in_slots([b, c], &in_layout);
+    let weight = channels_then_taps(weight, [co, c], taps);
     let mut out_rows = vec![T::default(); g.positions() * b * co];
     let runs = runs(g, &in_layout);
     let add_run = |run: &Run, out: *mut T| {
         // SAFETY: `out` is the run's first output row, and its [positions·B, Co] rows and the
         // input rows [positions·B, C] lie in their position-major buffers (the runs stay inside
-        // both planes); the tap's weights are read as [C, Co] with strides (taps, C·taps) inside
-        // `weight`.
+        // both planes); the tap's weights are read as [C, Co] with strides (1, taps·C) inside
+        // the `[Co, taps, C]` weights.
         unsafe {
             spread_product(
                 spread,
                 [run.positions * b, co, c],
                 (out, co as isize, 1),
                 (x_rows[run.in_position * b * c..].as_ptr(), c as isize, 1),
-                (
-                    weight[run.tap..].as_ptr(),
-                    taps as isize,
-                    (c * taps) as isize,
-                ),
+                (weight[run.tap * co..].as_ptr(), (taps * co) as isize, 1),
             );
         }
     };
@@ -406,10 +458,11 @@ fn backward_spread<T: Element>(
     let runs = runs(g, &in_layout);
     let dy_rows = dy.in_slots([b, co], &out_layout);
     let dx = want_input.then(|| {
+        let weight = taps_before_channels(weight, c, taps);
         let mut dx_rows = vec![T::default(); in_layout.slots() * b * c];
         let add_run = |run: &Run, dx: *mut T| {
             // SAFETY: as in `forward`, with the roles of input and output rows exchanged and the
-            // tap's weights read as [Co, C] (strides C·taps, taps).
+            // tap's weights read as [Co, C] (strides taps·C, 1).
             unsafe {
                 spread_product(
                     spread,
@@ -420,11 +473,7 @@ fn backward_spread<T: Element>(
                         co as isize,
                         1,
                     ),
-                    (
-                        weight[run.tap..].as_ptr(),
-                        (c * taps) as isize,
-                        taps as isize,
-                    ),
+                    (weight[run.tap * c..].as_ptr(), (taps * c) as isize, 1),
                 );
             }
         };
@@ -653,6 +702,25 @@ mod tests {
             }
             let unused = (0..layout.slots()).filter(|&slot| !seen[slot]);
             assert!(unused.clone().all(|slot| layout.position(slot).is_none()));
+        }
+    }
+
+    /// The two weight orders hold every value once, where the products read it: channel blocks
+    /// that end inside a block ([`IN_BLOCK`] does not divide 19), 3x3 and 1x1 kernels.
+    #[test]
+    fn weight_orders_move_every_value_to_its_tap() {
+        let [co, c] = [5, 19];
+        for taps in [9, 1] {
+            let weight: Vec<f32> = (0..co * c * taps).map(|v| v as f32).collect();
+            let original = |o: usize, ci: usize, tap: usize| weight[(o * c + ci) * taps + tap];
+            let forward = channels_then_taps(&weight, [co, c], taps);
+            let backward = taps_before_channels(&weight, c, taps);
+            for (o, ci, tap) in (0..co)
+                .flat_map(|o| (0..c).flat_map(move |ci| (0..taps).map(move |tap| (o, ci, tap))))
+            {
+                assert_eq!(forward[(ci * taps + tap) * co + o], original(o, ci, tap));
+                assert_eq!(backward[(o * taps + tap) * c + ci], original(o, ci, tap));
+            }
         }
     }
 
