@@ -22,6 +22,8 @@ static ALLOCATOR: lacoot::memory::Allocator = lacoot::memory::Allocator;
 
 mod common;
 
+use std::sync::LazyLock;
+
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Distribution, Tensor};
@@ -31,17 +33,16 @@ use lacoot::kernels::conv2d::{dense_conv2d, dense_conv2d_backward};
 /// The batch size unless `LACOOT_BENCH_BATCH` says otherwise.
 const DEFAULT_BATCH: usize = 128;
 
-/// The batch size of every layer's tensors.
-fn batch() -> usize {
-    match std::env::var("LACOOT_BENCH_BATCH") {
-        Ok(value) => value
-            .parse()
-            .ok()
-            .filter(|&batch| batch > 0)
-            .unwrap_or_else(|| panic!("LACOOT_BENCH_BATCH={value:?} is not a positive integer")),
-        Err(_) => DEFAULT_BATCH,
-    }
-}
+/// The batch size of every layer's tensors, read from the environment once.
+static BATCH: LazyLock<usize> = LazyLock::new(|| match std::env::var("LACOOT_BENCH_BATCH") {
+    Ok(value) => value
+        .parse()
+        .ok()
+        .filter(|&batch| batch > 0)
+        .unwrap_or_else(|| panic!("LACOOT_BENCH_BATCH={value:?} is not a positive integer")),
+    Err(_) => DEFAULT_BATCH,
+});
+
 const REPEATS: usize = 5;
 
 /// One convolution shape of the network and how many times it occurs.
@@ -106,7 +107,7 @@ impl Layer {
     }
 
     fn macs(&self) -> usize {
-        batch() * self.channels_out * self.size_out().pow(2) * self.channels_in * self.kernel.pow(2)
+        *BATCH * self.channels_out * self.size_out().pow(2) * self.channels_in * self.kernel.pow(2)
     }
 }
 
@@ -119,7 +120,7 @@ fn time_layer(layer: &Layer, device: &burn::tensor::Device) -> [[f64; 3]; 2] {
     let [size_in, size_out] = [layer.size_in, layer.size_out()];
     let [stride, padding] = [layer.stride, layer.padding()];
     let input = Tensor::<4>::random(
-        [batch(), layer.channels_in, size_in, size_in],
+        [*BATCH, layer.channels_in, size_in, size_in],
         Distribution::Normal(0.0, 1.0),
         device,
     );
@@ -134,7 +135,7 @@ fn time_layer(layer: &Layer, device: &burn::tensor::Device) -> [[f64; 3]; 2] {
         device,
     );
     let output_grad = Tensor::<4>::random(
-        [batch(), layer.channels_out, size_out, size_out],
+        [*BATCH, layer.channels_out, size_out, size_out],
         Distribution::Normal(0.0, 1.0),
         device,
     );
@@ -198,7 +199,7 @@ fn main() {
     let threads = rayon::current_num_threads();
     println!(
         "ResNet-18 (CIFAR) convolutions, batch {}, {threads} threads: burn flex / lacoot, ms",
-        batch()
+        *BATCH
     );
     println!("| layer | count | GMAC | forward | backward-input | backward-weight |");
     println!("|---|---:|---:|---:|---:|---:|");

@@ -398,8 +398,8 @@ fn forward_spread<T: Element>(
     let add_run = |run: &Run, out: *mut T| {
         // SAFETY: `out` is the run's first output row, and its [positions·B, Co] rows and the
         // input rows [positions·B, C] lie in their position-major buffers (the runs stay inside
-        // both planes); the tap's weights are read as [C, Co] with strides (1, taps·C) inside
-        // the `[Co, taps, C]` weights.
+        // both planes); the tap's weights are read as [C, Co] with strides (taps·Co, 1) inside
+        // the `[C, taps, Co]` weights.
         unsafe {
             spread_product(
                 spread,
