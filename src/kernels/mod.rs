@@ -11,6 +11,8 @@
 //! | `conv2d` | `Conv2d::forward` and its backward passes for dense convolutions | image-by-image im2col products in parallel for planes of 64+ positions, one product per kernel tap over the whole batch for smaller ones in batches of 16+ images (no patch matrix, no products with the padding), instead of flex's per-image products with a layout conversion per call (`cargo bench --bench conv_layers`, `cargo bench --bench train_step`) |
 //! | `batch_norm` | `BatchNorm::forward` (training and eval) and its backward, and with `batch_norm_rectified` the residual addition and ReLU/ReLU6 after it | two parallel passes each way instead of about ten generic ops with transposed copies; the addition and the activation fused into the output pass, and their backward one parallel masking pass, instead of a single-threaded flex pass each (`cargo bench --bench batch_norm`, `cargo bench --bench train_step`) |
 //! | `max_pool` | `MaxPool2d::forward` (dilation 1, floor mode, symmetric padding) and its backward | window ranges computed once per call and separable pooling (window rows reduced column by column, then across the window's columns); training keeps `i32` indices found in the same pass and the backward scatters through them, instead of flex's 3-D pooling that recomputes the window's range with divisions for every output value (`cargo bench --bench pooling`) |
+//! | `linear` | `Linear::forward` and its backward passes | one product each way written straight into its output, the bias copied into the output rows before the product accumulates onto them and its gradient summed in parallel, instead of flex's products into buffers it zero-fills and copies on the calling thread, a separate broadcast addition and a single-threaded row sum (`cargo bench --bench train_step`, Swin-T) |
+//! | `window_attention` | Swin's attention from `qkv` to the heads' outputs (burn's permutes, slices, products, bias and mask additions and softmax) and its backward | one task per window and head reading `q`, `k`, `v` where they lie in `qkv`, the scale, bias, mask and softmax in one pass per row, the gradient written into one `qkv`-shaped buffer, instead of a dozen full-size intermediates and three zero-filled slice gradients (`cargo bench --bench train_step`, Swin-T) |
 //! | `column_order` | `argsort` along the rows in the distances | on the GPU backends a rank kernel on the device instead of burn's read-back, host sort and upload (no synchronisation in a training step, `tests/gpu.rs`); on `flex` integer-key sorts of the columns in parallel |
 //! | `projection` | `matmul` of point clouds by directions in the distances | the narrow `[n, d] × [d, L]` product split along `d` across threads, SIMD per processor (`cargo bench --bench mswd`) |
 //!
@@ -23,13 +25,34 @@
 pub mod batch_norm;
 pub mod column_order;
 pub mod conv2d;
+pub mod linear;
 pub mod max_pool;
 mod position_major;
+mod products;
 pub(crate) mod projection;
+pub mod window_attention;
 
 pub use batch_norm::{Rectifier, batch_norm, batch_norm_rectified};
 pub use conv2d::conv2d;
+pub use linear::linear;
 pub use max_pool::max_pool2d;
+pub use window_attention::window_attention;
+
+use burn::backend::flex::FlexTensor;
+
+/// The values of `tensor` in row-major order (`copy` keeps a contiguous copy alive when needed).
+fn row_major<'a, T: products::Element>(
+    tensor: &'a FlexTensor,
+    copy: &'a mut Option<FlexTensor>,
+) -> &'a [T] {
+    match tensor.as_slice::<T>() {
+        Some(values) => values,
+        None => copy
+            .insert(tensor.to_contiguous())
+            .as_slice::<T>()
+            .expect("checked element type"),
+    }
+}
 
 /// Runs `f` on a pool of `threads` threads: the kernels' tests compare one thread with several.
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d};
+use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d, linear};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -512,8 +512,8 @@ impl BlockNetwork for MobileNetV2 {
             };
         }
         let pooled: Tensor<2> = x.mean_dim(3).mean_dim(2).flatten(1, 3);
-        let (dropout, linear) = &self.classifier;
-        (linear.forward(dropout.forward(pooled)), captured)
+        let (dropout, classifier) = &self.classifier;
+        (linear(classifier, dropout.forward(pooled)), captured)
     }
 
     fn remove_blocks(&mut self, names: &[String]) -> Result<(), ModelError> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d, max_pool2d};
+use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d, linear, max_pool2d};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -304,7 +304,7 @@ impl BlockNetwork for ResNet {
             x = output;
         }
         let pooled: Tensor<2> = self.avgpool.forward(x).flatten(1, 3);
-        (self.fc.forward(pooled), captured)
+        (linear(&self.fc, pooled), captured)
     }
 
     fn remove_blocks(&mut self, names: &[String]) -> Result<(), ModelError> {

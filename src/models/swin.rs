@@ -5,13 +5,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::conv2d;
+use crate::kernels::{conv2d, linear, window_attention};
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     Dropout, DropoutConfig, Gelu, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use super::cost::{LayerCost, TrainableParameters};
@@ -333,47 +332,21 @@ impl ShiftedWindowAttention {
         let windows = rows * cols;
         let tokens = window * window;
         let heads = self.num_heads;
-        let head_dim = c / heads;
         let x: Tensor<3> = x
             .reshape([b, rows, window, cols, window, c])
             .permute([0, 1, 3, 2, 4, 5])
             .reshape([b * windows, tokens, c]);
-        let qkv: Tensor<5> = self
-            .qkv
-            .forward(x)
-            .reshape([b * windows, tokens, 3, heads, head_dim])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |index: usize| -> Tensor<4> {
-            qkv.clone()
-                .narrow(0, index, 1)
-                .reshape([b * windows, heads, tokens, head_dim])
+        let mask = if shifted {
+            let mask = shift_mask(padded_h, window, shift_h.max(shift_w));
+            Tensor::<3>::from_data(TensorData::new(mask, [windows, tokens, tokens]), &device)
+        } else {
+            Tensor::<3>::zeros([1, tokens, tokens], &device)
         };
-        let q = part(0).mul_scalar((head_dim as f64).powf(-0.5));
-        let mut attention = q.matmul(part(1).swap_dims(2, 3)) + self.relative_position_bias();
-        if shifted {
-            let mask = Tensor::<5>::from_data(
-                TensorData::new(
-                    shift_mask(padded_h, window, shift_h.max(shift_w)),
-                    [1, windows, 1, tokens, tokens],
-                ),
-                &device,
-            );
-            attention = (attention.reshape([b, windows, heads, tokens, tokens]) + mask).reshape([
-                b * windows,
-                heads,
-                tokens,
-                tokens,
-            ]);
-        }
-        let attention = softmax(attention, 3);
-        let x: Tensor<3> =
-            attention
-                .matmul(part(2))
-                .swap_dims(1, 2)
-                .reshape([b * windows, tokens, c]);
-        let mut x: Tensor<4> = self
-            .proj
-            .forward(x)
+        let bias = self
+            .relative_position_bias()
+            .reshape([heads, tokens, tokens]);
+        let x = window_attention(linear(&self.qkv, x), bias, mask, heads);
+        let mut x: Tensor<4> = linear(&self.proj, x)
             .reshape([b, rows, cols, window, window, c])
             .permute([0, 1, 3, 2, 4, 5])
             .reshape([b, padded_h, padded_w, c]);
@@ -457,9 +430,10 @@ impl SwinBlock {
                 .stochastic_depth
                 .forward(self.attn.forward(self.norm1.forward(input)));
         let (fc1, gelu, drop1, fc2, drop2) = &self.mlp;
-        let branch = drop2.forward(
-            fc2.forward(drop1.forward(gelu.forward(fc1.forward(self.norm2.forward(x.clone()))))),
-        );
+        let branch = drop2.forward(linear(
+            fc2,
+            drop1.forward(gelu.forward(linear(fc1, self.norm2.forward(x.clone())))),
+        ));
         (x + self.stochastic_depth.forward(branch.clone()), branch)
     }
 
@@ -506,7 +480,7 @@ impl PatchMerging {
             .reshape([b, half_h, 2, half_w, 2, c])
             .permute([0, 1, 3, 4, 2, 5])
             .reshape([b, half_h, half_w, 4 * c]);
-        self.reduction.forward(self.norm.forward(x))
+        linear(&self.reduction, self.norm.forward(x))
     }
 
     fn output_shape(&self, [c, h, w]: [usize; 3]) -> [usize; 3] {
@@ -650,7 +624,7 @@ impl BlockNetwork for SwinTransformer {
             };
         }
         let pooled: Tensor<2> = self.norm.forward(x).mean_dim(2).mean_dim(1).flatten(1, 3);
-        (self.head.forward(pooled), captured)
+        (linear(&self.head, pooled), captured)
     }
 
     fn remove_blocks(&mut self, names: &[String]) -> Result<(), ModelError> {

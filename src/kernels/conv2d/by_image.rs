@@ -14,7 +14,8 @@
 
 use rayon::prelude::*;
 
-use super::{Element, Geometry, product_with};
+use super::Geometry;
+use crate::kernels::products::{Element, product_with};
 
 /// Groups of images the backward pass runs in parallel, whatever the thread count.
 const IMAGE_GROUPS: usize = 16;

@@ -30,7 +30,8 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::{Element, Geometry, PARALLEL_MACS, product, product_with};
+use super::Geometry;
+use crate::kernels::products::{Element, PARALLEL_MACS, product, product_with};
 
 /// Where each position of a plane lies in a position-major buffer: grouped by its phase modulo the
 /// stride first, then by its place within that phase. Positions one stride apart are then adjacent,

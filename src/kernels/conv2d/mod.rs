@@ -38,6 +38,7 @@ mod by_image;
 mod by_tap;
 
 use super::position_major;
+use super::products::Element;
 
 /// Output planes of at least this many positions go image by image through im2col
 /// ([`by_image`]); smaller ones tap by tap ([`by_tap`]) when the batch has [`TAP_MIN_IMAGES`].
@@ -46,8 +47,6 @@ const IMAGE_MIN_POSITIONS: usize = 64;
 /// images than this they are too thin to pay for packing each tap's weights (the eval forward at
 /// batch 1 took 2.6x longer tap by tap than image by image).
 const TAP_MIN_IMAGES: usize = 16;
-/// Products below this many multiply-adds run on one thread.
-const PARALLEL_MACS: usize = 192 * 192 * 192;
 
 /// Convolutions with lacoot's own kernels where they are faster, implemented per backend.
 #[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
@@ -217,79 +216,6 @@ impl Geometry {
             self.stride[axis],
             self.padding[axis],
             k,
-        )
-    }
-}
-
-/// Element types the kernels run on.
-trait Element: burn::tensor::Element + bytemuck::Pod + Default + std::ops::AddAssign {
-    const ONE: Self;
-}
-
-impl Element for f32 {
-    const ONE: Self = 1.0;
-}
-
-impl Element for f64 {
-    const ONE: Self = 1.0;
-}
-
-/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, each operand given by its row and column strides.
-///
-/// # Safety
-/// Every operand must cover the elements its strides address for the given sizes.
-unsafe fn product<T: Element>(
-    [m, n, k]: [usize; 3],
-    dst: (*mut T, isize, isize),
-    accumulate: bool,
-    lhs: (*const T, isize, isize),
-    rhs: (*const T, isize, isize),
-) {
-    let parallel = m * n * k >= PARALLEL_MACS;
-    // SAFETY: forwarded from the caller.
-    unsafe { product_with(parallel, [m, n, k], dst, accumulate, lhs, rhs) }
-}
-
-/// [`product`] on all threads when `parallel`, on the calling thread otherwise.
-///
-/// # Safety
-/// As for [`product`].
-unsafe fn product_with<T: Element>(
-    parallel: bool,
-    [m, n, k]: [usize; 3],
-    dst: (*mut T, isize, isize),
-    accumulate: bool,
-    lhs: (*const T, isize, isize),
-    rhs: (*const T, isize, isize),
-) {
-    let parallelism = if parallel {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    let alpha = if accumulate { T::ONE } else { T::default() };
-    // SAFETY: the caller guarantees the operands' extents; `gemm` reads `dst` only when accumulating.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.2,
-            dst.1,
-            accumulate,
-            lhs.0,
-            lhs.2,
-            lhs.1,
-            rhs.0,
-            rhs.2,
-            rhs.1,
-            alpha,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
         )
     }
 }
