@@ -117,11 +117,11 @@ impl Geometry {
             return None;
         };
         let bias_fits = bias.is_none_or(|bias| bias == [d_out]);
-        (!leading.is_empty() && weight_in == d_in && bias_fits).then(|| Self {
-            rows: leading.iter().product(),
-            d_in,
-            d_out,
-        })
+        let rows = leading.iter().product();
+        // Empty products are left to burn: `gemm` need not write an output it sums nothing into.
+        let sizes = rows > 0 && d_in > 0 && d_out > 0;
+        let fits = !leading.is_empty() && sizes && weight_in == d_in && bias_fits;
+        fits.then_some(Self { rows, d_in, d_out })
     }
 }
 
@@ -558,6 +558,33 @@ mod tests {
                     grad[index]
                 );
             }
+        }
+    }
+
+    /// Empty products and mismatched shapes go to burn's op.
+    #[test]
+    fn empty_and_mismatched_shapes_are_left_to_burn() {
+        assert_eq!(
+            Geometry::new(&[2, 3, 4], &[4, 5], Some(&[5])),
+            Some(Geometry {
+                rows: 6,
+                d_in: 4,
+                d_out: 5
+            })
+        );
+        for (x, weight, bias) in [
+            (&[0, 4][..], &[4, 5][..], None),
+            (&[2, 0], &[0, 5], None),
+            (&[2, 4], &[4, 0], None),
+            (&[4], &[4, 5], None),
+            (&[2, 3], &[4, 5], None),
+            (&[2, 4], &[4, 5], Some(&[4][..])),
+        ] {
+            assert_eq!(
+                Geometry::new(x, weight, bias),
+                None,
+                "{x:?} {weight:?} {bias:?}"
+            );
         }
     }
 

@@ -107,6 +107,8 @@ impl Geometry {
             return None;
         };
         let fits = heads > 0
+            && windows > 0
+            && tokens > 0
             && width % (3 * heads) == 0
             && width > 0
             && bias == [heads, tokens, tokens]
@@ -832,6 +834,36 @@ mod tests {
             for (a, b) in composed.iter().zip(&kernel) {
                 assert!((a - b).abs() < 1e-12, "{a} vs {b}");
             }
+        }
+    }
+
+    /// Empty attentions and mismatched shapes go to the composition of burn's ops.
+    #[test]
+    fn empty_and_mismatched_shapes_are_left_to_burn() {
+        assert_eq!(
+            Geometry::new(&[4, 3, 12], &[2, 3, 3], &[2, 3, 3], 2),
+            Some(Geometry {
+                windows: 4,
+                tokens: 3,
+                heads: 2,
+                head_dim: 2,
+                mask_windows: 2
+            })
+        );
+        for (qkv, bias, mask, heads) in [
+            (&[0, 3, 12][..], &[2, 3, 3][..], &[1, 3, 3][..], 2),
+            (&[4, 0, 12], &[2, 0, 0], &[1, 0, 0], 2),
+            (&[4, 3, 0], &[2, 3, 3], &[1, 3, 3], 2),
+            (&[4, 3, 12], &[2, 3, 3], &[1, 3, 3], 0),
+            (&[4, 3, 10], &[2, 3, 3], &[1, 3, 3], 2),
+            (&[4, 3, 12], &[3, 3, 3], &[1, 3, 3], 2),
+            (&[4, 3, 12], &[2, 3, 3], &[3, 3, 3], 2),
+        ] {
+            assert_eq!(
+                Geometry::new(qkv, bias, mask, heads),
+                None,
+                "{qkv:?} {heads}"
+            );
         }
     }
 
