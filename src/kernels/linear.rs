@@ -518,14 +518,12 @@ mod tests {
 
     /// Smooth, deterministic input, weight, bias and output-gradient values for `g`.
     fn operands(g: Geometry) -> [Vec<f64>; 4] {
-        let lens = [g.rows * g.d_in, g.d_in * g.d_out, g.d_out, g.rows * g.d_out];
-        let mut phase = 0.0;
-        lens.map(|len| {
-            phase += 0.5;
-            (0..len)
-                .map(|i| ((i as f64 + phase) * 0.731).sin())
-                .collect()
-        })
+        crate::kernels::smooth_operands([
+            g.rows * g.d_in,
+            g.d_in * g.d_out,
+            g.d_out,
+            g.rows * g.d_out,
+        ])
     }
 
     /// Central differences of `sum((x·W + b) · probe)` in f64 against the kernel's gradients.
@@ -537,28 +535,13 @@ mod tests {
             d_out: 3,
         };
         let [x, w, b, probe] = operands(g);
-        let objective = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+        let (dx, dw, db) = backward(g, &x, &w, &probe, [true, true, true]);
+        let grads = [dx.unwrap(), dw.unwrap(), db.unwrap()];
+        let objective = |[x, w, b]: &[Vec<f64>; 3]| -> f64 {
             let out = forward(g, x, w, Some(b));
             out.iter().zip(&probe).map(|(o, p)| o * p).sum()
         };
-        let (dx, dw, db) = backward(g, &x, &w, &probe, [true, true, true]);
-        let step = 1e-6;
-        let operands = [&x, &w, &b];
-        for (which, grad) in [dx.unwrap(), dw.unwrap(), db.unwrap()].iter().enumerate() {
-            for index in 0..operands[which].len() {
-                let shifted = |delta: f64| {
-                    let mut moved = operands.map(|values| values.clone());
-                    moved[which][index] += delta;
-                    objective(&moved[0], &moved[1], &moved[2])
-                };
-                let numeric = (shifted(step) - shifted(-step)) / (2.0 * step);
-                assert!(
-                    (numeric - grad[index]).abs() < 1e-7,
-                    "operand {which}, {index}: {numeric} vs {}",
-                    grad[index]
-                );
-            }
-        }
+        crate::kernels::assert_central_differences([x, w, b], &grads, objective, 1e-7, "linear");
     }
 
     /// Empty products and mismatched shapes go to burn's op.

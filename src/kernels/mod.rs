@@ -54,6 +54,46 @@ fn row_major<'a, T: products::Element>(
     }
 }
 
+/// Smooth, deterministic test operands of the given lengths, each with its own phase.
+#[cfg(test)]
+fn smooth_operands<const N: usize>(lens: [usize; N]) -> [Vec<f64>; N] {
+    let mut phase = 0.0;
+    lens.map(|len| {
+        phase += 0.5;
+        (0..len)
+            .map(|i| ((i as f64 + phase) * 0.731).sin())
+            .collect()
+    })
+}
+
+/// Asserts that `grads[which][index]` is the central difference of `objective` in
+/// `operands[which][index]` (steps of ±1e-6) to within `tolerance`, for every operand and index.
+#[cfg(test)]
+fn assert_central_differences<const N: usize>(
+    operands: [Vec<f64>; N],
+    grads: &[Vec<f64>; N],
+    objective: impl Fn(&[Vec<f64>; N]) -> f64,
+    tolerance: f64,
+    what: &str,
+) {
+    let step = 1e-6;
+    for (which, grad) in grads.iter().enumerate() {
+        assert_eq!(grad.len(), operands[which].len(), "{what} operand {which}");
+        for (index, &analytic) in grad.iter().enumerate() {
+            let mut shifted = operands.clone();
+            shifted[which][index] += step;
+            let plus = objective(&shifted);
+            shifted[which][index] -= 2.0 * step;
+            let minus = objective(&shifted);
+            let numeric = (plus - minus) / (2.0 * step);
+            assert!(
+                (numeric - analytic).abs() < tolerance,
+                "{what} operand {which}, {index}: {numeric} vs {analytic}"
+            );
+        }
+    }
+}
+
 /// Runs `f` on a pool of `threads` threads: the kernels' tests compare one thread with several.
 #[cfg(test)]
 fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {

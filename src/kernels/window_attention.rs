@@ -743,19 +743,12 @@ mod tests {
 
     /// Smooth, deterministic `qkv`, bias, mask and output-gradient values for `g`.
     fn operands(g: Geometry) -> [Vec<f64>; 4] {
-        let lens = [
+        crate::kernels::smooth_operands([
             g.windows * g.tokens * 3 * g.channels(),
             g.heads * g.logits(),
             g.mask_windows * g.logits(),
             g.windows * g.tokens * g.channels(),
-        ];
-        let mut phase = 0.0;
-        lens.map(|len| {
-            phase += 0.5;
-            (0..len)
-                .map(|i| ((i as f64 + phase) * 0.731).sin())
-                .collect()
-        })
+        ])
     }
 
     fn geometry() -> Geometry {
@@ -774,29 +767,20 @@ mod tests {
     fn gradients_match_finite_differences() {
         let g = geometry();
         let [qkv, bias, mask, probe] = operands(g);
-        let objective = |qkv: &[f64], bias: &[f64]| -> f64 {
+        let (_, probabilities) = forward(g, &qkv, &bias, &mask);
+        let (qkv_grad, bias_grad) = backward(g, &qkv, &probabilities, &probe);
+        let objective = |[qkv, bias]: &[Vec<f64>; 2]| -> f64 {
             let (output, _) = forward(g, qkv, bias, &mask);
             output.iter().zip(&probe).map(|(o, p)| o * p).sum()
         };
-        let (_, probabilities) = forward(g, &qkv, &bias, &mask);
-        let (qkv_grad, bias_grad) = backward(g, &qkv, &probabilities, &probe);
-        let step = 1e-6;
-        let operands = [&qkv, &bias];
-        for (which, grad) in [qkv_grad, bias_grad].iter().enumerate() {
-            for index in 0..operands[which].len() {
-                let shifted = |delta: f64| {
-                    let mut moved = operands.map(|values| values.clone());
-                    moved[which][index] += delta;
-                    objective(&moved[0], &moved[1])
-                };
-                let numeric = (shifted(step) - shifted(-step)) / (2.0 * step);
-                assert!(
-                    (numeric - grad[index]).abs() < 1e-7,
-                    "operand {which}, {index}: {numeric} vs {}",
-                    grad[index]
-                );
-            }
-        }
+        let grads = [qkv_grad, bias_grad];
+        crate::kernels::assert_central_differences(
+            [qkv, bias],
+            &grads,
+            objective,
+            1e-7,
+            "attention",
+        );
     }
 
     /// The composition of burn's ops the other backends run computes what the kernel computes.

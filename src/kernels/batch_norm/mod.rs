@@ -1606,32 +1606,7 @@ mod tests {
             &f64_tensor(&probe, &shape),
         );
         let grads = [dx, dgamma, dbeta].map(|grad| f64_values(&grad));
-        assert_central_differences([x, gamma, beta], &grads, objective, "");
-    }
-
-    /// Asserts that `grads[which][index]` is the central difference of `objective` in
-    /// `operands[which][index]`, for every operand and index.
-    fn assert_central_differences<const N: usize>(
-        operands: [Vec<f64>; N],
-        grads: &[Vec<f64>; N],
-        objective: impl Fn(&[Vec<f64>; N]) -> f64,
-        what: &str,
-    ) {
-        let step = 1e-6;
-        for (which, grad) in grads.iter().enumerate() {
-            for (index, &analytic) in grad.iter().enumerate() {
-                let mut shifted = operands.clone();
-                shifted[which][index] += step;
-                let plus = objective(&shifted);
-                shifted[which][index] -= 2.0 * step;
-                let minus = objective(&shifted);
-                let numeric = (plus - minus) / (2.0 * step);
-                assert!(
-                    (numeric - analytic).abs() < 1e-6,
-                    "{what} operand {which}, {index}: {numeric} vs {analytic}"
-                );
-            }
-        }
+        crate::kernels::assert_central_differences([x, gamma, beta], &grads, objective, 1e-6, "");
     }
 
     #[test]
@@ -1676,7 +1651,13 @@ mod tests {
             );
             let grads = [dx, masked].map(|grad| f64_values(&grad));
             let operands = [x.clone(), residual.clone()];
-            assert_central_differences(operands, &grads, objective, &format!("{rectifier:?}"));
+            crate::kernels::assert_central_differences(
+                operands,
+                &grads,
+                objective,
+                1e-6,
+                &format!("{rectifier:?}"),
+            );
         }
     }
 

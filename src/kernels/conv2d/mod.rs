@@ -618,30 +618,19 @@ mod tests {
     /// image-by-image one.
     fn check_finite_differences(g: Geometry, taps: bool) {
         let [x, w, probe] = operands(&g);
-        let forward = |x: &[f64], w: &[f64]| planes_forward(&g, x, w, taps);
-        let objective = |x: &[f64], w: &[f64]| -> f64 {
-            forward(x, w).iter().zip(&probe).map(|(o, p)| o * p).sum()
+        let objective = |[x, w]: &[Vec<f64>; 2]| -> f64 {
+            let output = planes_forward(&g, x, w, taps);
+            output.iter().zip(&probe).map(|(o, p)| o * p).sum()
         };
         let (dx, dw) = planes_backward(&g, [&x, &w, &probe], taps);
-        let step = 1e-6;
-        for (values, grad, is_input) in [(&x, dx.unwrap(), true), (&w, dw.unwrap(), false)] {
-            for index in 0..values.len() {
-                let mut plus = values.clone();
-                let mut minus = values.clone();
-                plus[index] += step;
-                minus[index] -= step;
-                let numeric = if is_input {
-                    (objective(&plus, &w) - objective(&minus, &w)) / (2.0 * step)
-                } else {
-                    (objective(&x, &plus) - objective(&x, &minus)) / (2.0 * step)
-                };
-                assert!(
-                    (numeric - grad[index]).abs() < 1e-7,
-                    "{index}: {numeric} vs {}",
-                    grad[index]
-                );
-            }
-        }
+        let grads = [dx.unwrap(), dw.unwrap()];
+        crate::kernels::assert_central_differences(
+            [x, w],
+            &grads,
+            objective,
+            1e-7,
+            &format!("{g:?}"),
+        );
     }
 
     /// The same values bit for bit on one thread and on four.
