@@ -27,6 +27,7 @@ pub mod column_order;
 pub mod conv2d;
 pub mod linear;
 pub mod max_pool;
+pub mod planar;
 mod position_major;
 mod products;
 pub(crate) mod projection;
@@ -36,6 +37,7 @@ pub use batch_norm::{Rectifier, batch_norm, batch_norm_rectified};
 pub use conv2d::conv2d;
 pub use linear::linear;
 pub use max_pool::max_pool2d;
+pub use planar::{planar, planar_gradient};
 pub use window_attention::window_attention;
 
 use burn::backend::flex::FlexTensor;

@@ -9,10 +9,16 @@
 
 use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
 
 /// `[B, C, H, W]` to `[H, W, B, C]`; its own inverse.
 const ROWS: [usize; 4] = [2, 3, 0, 1];
+/// Values each parallel task of a conversion copies, about.
+const CONVERSION_GRAIN: usize = 1 << 14;
+/// Side of the square tiles a conversion copies at a time: each tile's rows and columns stay in
+/// cache while it is read along one and written along the other.
+const TILE: usize = 16;
 
 /// Whether `tensor` is a rank-4 activation stored position-major from the start of its buffer
 /// (a plane of one position is both NCHW and position-major).
@@ -60,16 +66,140 @@ pub(crate) fn readable(tensor: &FlexTensor) -> FlexTensor {
 /// `tensor` stored as `reference` is: position-major when `reference` is, contiguous otherwise
 /// (`tensor` itself when it already is).
 pub(crate) fn stored_like(tensor: FlexTensor, reference: &FlexTensor) -> FlexTensor {
-    match (is_position_major(reference), is_position_major(&tensor)) {
-        (true, true) => tensor,
-        (true, false) => tensor.permute(&ROWS).to_contiguous().permute(&ROWS),
-        (false, _) if tensor.is_contiguous() && tensor.layout().start_offset() == 0 => tensor,
-        (false, _) => tensor.to_contiguous(),
+    if is_position_major(reference) {
+        position_major(tensor)
+    } else {
+        planar(tensor)
     }
+}
+
+/// `tensor` stored contiguously in its logical order (`[B, C, H, W]` for an activation); itself
+/// when it already is. Position-major activations are converted in parallel.
+pub(crate) fn planar(tensor: FlexTensor) -> FlexTensor {
+    if tensor.is_contiguous() && tensor.layout().start_offset() == 0 {
+        return tensor;
+    }
+    let converted = match (four_axes(&tensor), is_position_major(&tensor)) {
+        (Some([b, c, h, w]), true) => {
+            // Rows `[H·W, B·C]` become planes `[B·C, H·W]`.
+            transposed_tensor(&tensor, [h * w, b * c], vec![b, c, h, w])
+        }
+        _ => None,
+    };
+    converted.unwrap_or_else(|| tensor.to_contiguous())
+}
+
+/// `tensor` (`[B, C, H, W]`) stored position-major; itself when it already is. Contiguous
+/// activations are converted in parallel.
+fn position_major(tensor: FlexTensor) -> FlexTensor {
+    if is_position_major(&tensor) {
+        return tensor;
+    }
+    let dense = tensor.is_contiguous() && tensor.layout().start_offset() == 0;
+    let converted = match four_axes(&tensor) {
+        // Planes `[B·C, H·W]` become rows `[H·W, B·C]`, viewed as `[B, C, H, W]`.
+        Some([b, c, h, w]) if dense => transposed_tensor(&tensor, [b * c, h * w], vec![h, w, b, c])
+            .map(|rows| rows.permute(&ROWS)),
+        _ => None,
+    };
+    converted.unwrap_or_else(|| tensor.permute(&ROWS).to_contiguous().permute(&ROWS))
+}
+
+/// The four axes of a rank-4 tensor.
+fn four_axes(tensor: &FlexTensor) -> Option<[usize; 4]> {
+    tensor.shape().as_slice().try_into().ok()
+}
+
+/// A tensor of `shape` over the transpose of the `[rows, columns]` matrix that `tensor`'s storage
+/// holds from its start; `None` for element types other than `f32` and `f64`.
+fn transposed_tensor(
+    tensor: &FlexTensor,
+    [rows, columns]: [usize; 2],
+    shape: Vec<usize>,
+) -> Option<FlexTensor> {
+    let len = rows * columns;
+    let data = match tensor.dtype() {
+        DType::F32 => TensorData::new(
+            transposed(&tensor.storage::<f32>()[..len], [rows, columns]),
+            shape,
+        ),
+        DType::F64 => TensorData::new(
+            transposed(&tensor.storage::<f64>()[..len], [rows, columns]),
+            shape,
+        ),
+        _ => return None,
+    };
+    Some(FlexTensor::from_data(data))
+}
+
+/// A raw pointer that parallel tasks write disjoint elements through.
+#[derive(Clone, Copy)]
+struct Destination<T>(*mut T);
+
+// SAFETY: the tasks given a `Destination` write disjoint elements, and the buffer outlives them.
+unsafe impl<T: Send> Send for Destination<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Destination<T> {}
+
+impl<T> Destination<T> {
+    /// Writes `value` at `index`.
+    ///
+    /// # Safety
+    /// `index` must lie inside the buffer, and no other task may access that element.
+    unsafe fn write(self, index: usize, value: T) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(index).write(value) }
+    }
+}
+
+/// The transpose (`[columns, rows]`) of the row-major `[rows, columns]` matrix `values`, copied in
+/// parallel over bands of the longer side, tile by tile within a band.
+pub(crate) fn transposed<T: Copy + Send + Sync>(
+    values: &[T],
+    [rows, columns]: [usize; 2],
+) -> Vec<T> {
+    assert_eq!(values.len(), rows * columns, "a [{rows}, {columns}] matrix");
+    let mut out: Vec<T> = Vec::with_capacity(values.len());
+    let destination = Destination(out.as_mut_ptr());
+    let by_rows = rows >= columns;
+    let (long, short) = if by_rows {
+        (rows, columns)
+    } else {
+        (columns, rows)
+    };
+    let band = (CONVERSION_GRAIN / short.max(1)).clamp(TILE, long.max(TILE)) / TILE * TILE;
+    let copy_tile = |row_range: std::ops::Range<usize>, column_range: std::ops::Range<usize>| {
+        for row in row_range {
+            for column in column_range.clone() {
+                // SAFETY: `column·rows + row < rows·columns`, the capacity of `out`; each output
+                // element is written by exactly one task.
+                unsafe { destination.write(column * rows + row, values[row * columns + column]) };
+            }
+        }
+    };
+    (0..long.div_ceil(band)).into_par_iter().for_each(|task| {
+        let span = task * band..((task + 1) * band).min(long);
+        for tile in (span.start..span.end).step_by(TILE) {
+            let tile = tile..(tile + TILE).min(span.end);
+            for across in (0..short).step_by(TILE) {
+                let across = across..(across + TILE).min(short);
+                if by_rows {
+                    copy_tile(tile.clone(), across);
+                } else {
+                    copy_tile(across, tile.clone());
+                }
+            }
+        }
+    });
+    // SAFETY: the tasks above wrote every one of the `rows·columns` elements.
+    unsafe { out.set_len(values.len()) };
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn values(shape: [usize; 4]) -> Vec<f32> {
@@ -114,5 +244,51 @@ mod tests {
             values([1, 3, 2, 1]),
             [3, 2]
         ))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn transposed_moves_every_value_across_the_diagonal(
+            rows in 0usize..70,
+            columns in 0usize..70,
+            threads in 1usize..4,
+        ) {
+            let values: Vec<u32> = (0..(rows * columns) as u32).collect();
+            let out = crate::kernels::on_threads(threads, || transposed(&values, [rows, columns]));
+            prop_assert_eq!(out.len(), values.len());
+            for row in 0..rows {
+                for column in 0..columns {
+                    prop_assert_eq!(out[column * rows + row], values[row * columns + column]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conversions_keep_the_values_of_both_element_types() {
+        // Larger than a tile each way, and not a multiple of it.
+        let shape = [20, 3, 5, 7];
+        let len = shape.iter().product::<usize>();
+        let datas = [
+            TensorData::new((0..len).map(|v| v as f32).collect::<Vec<_>>(), shape),
+            TensorData::new((0..len).map(|v| v as f64).collect::<Vec<_>>(), shape),
+        ];
+        for data in datas {
+            let nchw = FlexTensor::from_data(data.clone());
+            let rows = position_major(nchw.clone());
+            assert!(is_position_major(&rows) && !rows.is_contiguous());
+            assert_eq!(rows.clone().into_data(), data);
+            let planes = planar(rows);
+            assert!(planes.is_contiguous() && planes.layout().start_offset() == 0);
+            assert_eq!(planes.into_data(), data);
+            // Already stored so: the same tensor back.
+            assert!(planar(nchw.clone()).is_contiguous());
+            let transposed_view = nchw.permute(&[0, 1, 3, 2]);
+            assert_eq!(
+                planar(transposed_view.clone()).into_data(),
+                transposed_view.into_data()
+            );
+        }
     }
 }

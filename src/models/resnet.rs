@@ -2,7 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::kernels::{Rectifier, batch_norm, batch_norm_rectified, conv2d, linear, max_pool2d};
+use crate::kernels::{
+    Rectifier, batch_norm, batch_norm_rectified, conv2d, linear, max_pool2d, planar_gradient,
+};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -174,8 +176,13 @@ impl BasicBlock {
 
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let relu = Rectifier::Relu;
-        let out = batch_norm_rectified(&self.bn1, conv2d(&self.conv1, input.clone()), None, relu);
+        // The input feeds two branches: each hands its gradient back in planes, which flex sums
+        // in place (two position-major gradients it would sum element by element into a new
+        // tensor).
+        let branch = planar_gradient(input.clone());
+        let out = batch_norm_rectified(&self.bn1, conv2d(&self.conv1, branch), None, relu);
         let out = conv2d(&self.conv2, out);
+        let input = planar_gradient(input);
         let shortcut = match &self.downsample {
             Some((conv, bn)) => batch_norm(bn, conv2d(conv, input)),
             None => input,

@@ -48,12 +48,13 @@ pub struct MaxSlicedDistance {
     pub ascent: Option<AscentOutcome>,
 }
 
-/// Flattens a batch of features `[n, …]` into a point cloud `[n, d]`: each sample is one point.
-/// A 1-D tensor of `n` values becomes `n` points on the line.
+/// Flattens a batch of features `[n, …]` into a point cloud `[n, d]`: each sample is one point
+/// (its values in the features' logical order, however they are stored). A 1-D tensor of `n`
+/// values becomes `n` points on the line.
 pub fn point_cloud<const D: usize>(features: Tensor<D>) -> Tensor<2> {
     let dims = features.dims();
     let per_sample: usize = dims[1..].iter().product();
-    features.reshape([dims[0], per_sample])
+    crate::kernels::planar(features).reshape([dims[0], per_sample])
 }
 
 /// The sliced Wasserstein distance `SW_p(x, y) = (mean_θ W_p^p(θ))^(1/p)` over the given directions.

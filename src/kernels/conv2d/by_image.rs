@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::kernels::products::{Element, product_with};
+use crate::kernels::products::{Element, product_with, written};
 
 /// Groups of images the backward pass runs in parallel, whatever the thread count.
 const IMAGE_GROUPS: usize = 16;
@@ -96,28 +96,32 @@ fn col2im<T: Element>(g: &Geometry, dcol: &[T], planes: &mut [T]) {
 /// The forward pass: `x` is `[B, C, H, W]`, `weight` `[Co, C, kh, kw]`; returns `[B, Co, Ho, Wo]`.
 pub(super) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
     let (k, positions) = (g.patch_len(), g.positions());
-    let mut out = vec![T::default(); g.batch * g.channels_out * positions];
-    out.par_chunks_mut(g.channels_out * positions)
-        .enumerate()
-        .for_each_init(
-            || vec![T::default(); k * positions],
-            |col, (image, block)| {
-                im2col_into(g, x, image, col);
-                // SAFETY: `block` is [Co, positions], `weight` [Co, K] and `col` [K, positions],
-                // all row-major.
-                unsafe {
-                    product_with(
-                        false,
-                        [g.channels_out, positions, k],
-                        (block.as_mut_ptr(), positions as isize, 1),
-                        false,
-                        (weight.as_ptr(), k as isize, 1),
-                        (col.as_ptr(), positions as isize, 1),
-                    );
-                }
-            },
-        );
-    out
+    let image_out = g.channels_out * positions;
+    // SAFETY: each image's block of the output is written whole by its product (which does not
+    // read it): the blocks tile the output.
+    unsafe {
+        written(g.batch * image_out, |out: *mut T| {
+            let out = std::slice::from_raw_parts_mut(out.cast(), g.batch * image_out);
+            out.par_chunks_mut(image_out.max(1))
+                .enumerate()
+                .for_each_init(
+                    || vec![T::default(); k * positions],
+                    |col, (image, block): (usize, &mut [std::mem::MaybeUninit<T>])| {
+                        im2col_into(g, x, image, col);
+                        // SAFETY: `block` is [Co, positions], `weight` [Co, K] and `col`
+                        // [K, positions], all row-major.
+                        product_with(
+                            false,
+                            [g.channels_out, positions, k],
+                            (block.as_mut_ptr().cast(), positions as isize, 1),
+                            false,
+                            (weight.as_ptr(), k as isize, 1),
+                            (col.as_ptr(), positions as isize, 1),
+                        );
+                    },
+                );
+        })
+    }
 }
 
 /// The gradients with respect to the input and to the weight (each only when wanted) for the

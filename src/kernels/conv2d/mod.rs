@@ -174,7 +174,9 @@ impl Geometry {
             return None;
         };
         let dense = options.groups == 1 && options.dilation == [1, 1] && !options.is_asymmetric();
-        if !dense || weight_channels != channels_in || options.stride.contains(&0) {
+        // Empty patches are left to burn: `gemm` need not write an output it sums nothing into.
+        let patches = channels_in > 0 && kh > 0 && kw > 0;
+        if !dense || !patches || weight_channels != channels_in || options.stride.contains(&0) {
             return None;
         }
         let padding = options.padding_begin();
@@ -560,6 +562,14 @@ mod tests {
         padding: [usize; 2],
     ) -> Geometry {
         Geometry::new(&x, &weight, &ConvOptions::new(stride, padding, [1, 1], 1)).unwrap()
+    }
+
+    #[test]
+    fn empty_patches_are_left_to_burn() {
+        let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        assert!(Geometry::new(&[2, 0, 4, 4], &[3, 0, 1, 1], &options).is_none());
+        assert!(Geometry::new(&[2, 1, 4, 4], &[3, 1, 0, 1], &options).is_none());
+        assert!(Geometry::new(&[2, 1, 4, 4], &[3, 1, 1, 1], &options).is_some());
     }
 
     /// Smooth, deterministic input, weight and output-gradient values for `g`.
