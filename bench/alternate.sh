@@ -25,8 +25,10 @@ for binary in "$@"; do
 done
 for round in $(seq 1 "$rounds"); do
     for binary in "$@"; do
+        # awk reads the whole output: a reader that stopped at the first match would end the
+        # benchmark with SIGPIPE, and `pipefail` would end this script without a word.
         estimate=$("$binary" --bench --warm-up-time 20 --measurement-time 15 "$filter" 2>&1 |
-            grep -m1 "time:" | sed 's/.*time: *//')
+            awk '/time:/ && !found { sub(/.*time: */, ""); print; found = 1 }')
         if [ -z "$estimate" ]; then
             echo "bench/alternate.sh: $binary ran no benchmark matching $filter" >&2
             exit 1
