@@ -12,6 +12,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
+use super::products::Destination;
+
 /// `[B, C, H, W]` to `[H, W, B, C]`; its own inverse.
 const ROWS: [usize; 4] = [2, 3, 0, 1];
 /// Values each parallel task of a conversion copies, about.
@@ -132,26 +134,6 @@ fn transposed_tensor(
     Some(FlexTensor::from_data(data))
 }
 
-/// A raw pointer that parallel tasks write disjoint elements through.
-#[derive(Clone, Copy)]
-struct Destination<T>(*mut T);
-
-// SAFETY: the tasks given a `Destination` write disjoint elements, and the buffer outlives them.
-unsafe impl<T: Send> Send for Destination<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for Destination<T> {}
-
-impl<T> Destination<T> {
-    /// Writes `value` at `index`.
-    ///
-    /// # Safety
-    /// `index` must lie inside the buffer, and no other task may access that element.
-    unsafe fn write(self, index: usize, value: T) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.0.add(index).write(value) }
-    }
-}
-
 /// The transpose (`[columns, rows]`) of the row-major `[rows, columns]` matrix `values`, copied in
 /// parallel over bands of the longer side, tile by tile within a band.
 pub(crate) fn transposed<T: Copy + Send + Sync>(
@@ -160,7 +142,7 @@ pub(crate) fn transposed<T: Copy + Send + Sync>(
 ) -> Vec<T> {
     assert_eq!(values.len(), rows * columns, "a [{rows}, {columns}] matrix");
     let mut out: Vec<T> = Vec::with_capacity(values.len());
-    let destination = Destination(out.as_mut_ptr());
+    let destination = Destination::of(out.as_mut_ptr());
     let by_rows = rows >= columns;
     let (long, short) = if by_rows {
         (rows, columns)
@@ -173,7 +155,11 @@ pub(crate) fn transposed<T: Copy + Send + Sync>(
             for column in column_range.clone() {
                 // SAFETY: `column·rows + row < rows·columns`, the capacity of `out`; each output
                 // element is written by exactly one task.
-                unsafe { destination.write(column * rows + row, values[row * columns + column]) };
+                unsafe {
+                    destination
+                        .at(column * rows + row)
+                        .write(values[row * columns + column])
+                };
             }
         }
     };

@@ -125,3 +125,24 @@ pub(super) unsafe fn written<T: Element>(len: usize, write: impl FnOnce(*mut T))
     unsafe { values.set_len(len) };
     values
 }
+
+/// The start of a buffer that parallel tasks write through, each its own elements.
+#[derive(Clone, Copy)]
+pub(super) struct Destination<T>(*mut T);
+
+// SAFETY: the tasks given a `Destination` write disjoint elements of a buffer that outlives them.
+unsafe impl<T: Send> Send for Destination<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Destination<T> {}
+
+impl<T> Destination<T> {
+    /// The buffer that starts at `start`.
+    pub(super) fn of(start: *mut T) -> Self {
+        Self(start)
+    }
+
+    /// A pointer to element `index` (computing it accesses nothing).
+    pub(super) fn at(self, index: usize) -> *mut T {
+        self.0.wrapping_add(index)
+    }
+}

@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::kernels::products::{Element, PARALLEL_MACS, product, product_with};
+use crate::kernels::products::{Destination, Element, PARALLEL_MACS, product, product_with};
 
 /// Where each position of a plane lies in a position-major buffer: grouped by its phase modulo the
 /// stride first, then by its place within that phase. Positions one stride apart are then adjacent,
@@ -166,29 +166,43 @@ fn row_pieces(runs: &[Run], out_width: usize) -> Vec<Run> {
         .collect()
 }
 
-/// Runs `apply(run, chunk_start, chunk)` for every run, those of one chunk of `buffer` (cut into
-/// chunks of `chunk_len` values) in their order on one thread, the chunks in parallel: `chunk_of`
-/// names the one chunk a run writes.
+/// Parts each chunk of [`by_chunks`] is cut into: a 7x7 layer spread by output rows has 7 chunks,
+/// and on two threads the last of them would run alone.
+const CHUNK_PARTS: usize = 2;
+
+/// Runs every run's product over the rows of `buffer` it writes: `buffer` holds rows of
+/// `row_len` values cut into chunks of `chunk_rows` rows, `chunk_of` names the one chunk a run
+/// writes and `rows_of` the rows it writes there. Each chunk is cut into [`CHUNK_PARTS`] parts
+/// of consecutive rows; the parts run in parallel, each applying the runs of its chunk in their
+/// order to the rows it owns: `apply(run, rows, buffer)` with `rows` counted from the run's first.
+/// A row is the same sum in the same order however the rows are cut.
 fn by_chunks<T: Element>(
     buffer: &mut [T],
-    chunk_len: usize,
+    [chunk_rows, row_len]: [usize; 2],
     runs: &[Run],
     chunk_of: impl Fn(&Run) -> usize,
-    apply: impl Fn(&Run, usize, &mut [T]) + Sync,
+    rows_of: impl Fn(&Run) -> std::ops::Range<usize>,
+    apply: impl Fn(&Run, std::ops::Range<usize>, Destination<T>) + Sync,
 ) {
-    let mut groups = vec![Vec::new(); buffer.len().div_ceil(chunk_len)];
+    let total_rows = buffer.len() / row_len.max(1);
+    let chunks = total_rows.div_ceil(chunk_rows.max(1));
+    let mut groups = vec![Vec::new(); chunks];
     for run in runs {
-        groups[chunk_of(run)].push(*run);
+        groups[chunk_of(run)].push((*run, rows_of(run)));
     }
-    buffer
-        .par_chunks_mut(chunk_len)
-        .zip(groups)
-        .enumerate()
-        .for_each(|(index, (chunk, group))| {
-            for run in &group {
-                apply(run, index * chunk_len, chunk);
+    let destination = Destination::of(buffer.as_mut_ptr());
+    (0..chunks * CHUNK_PARTS).into_par_iter().for_each(|task| {
+        let (chunk, part) = (task / CHUNK_PARTS, task % CHUNK_PARTS);
+        let first = chunk * chunk_rows;
+        let owned = (first + part * chunk_rows / CHUNK_PARTS).min(total_rows)
+            ..(first + (part + 1) * chunk_rows / CHUNK_PARTS).min(total_rows);
+        for (run, rows) in &groups[chunk] {
+            let (start, end) = (rows.start.max(owned.start), rows.end.min(owned.end));
+            if start < end {
+                apply(run, start - rows.start..end - rows.start, destination);
             }
-        });
+        }
+    });
 }
 
 /// `planes` (`[images, channels, H, W]`, NCHW) as `[slots, images, channels]` in `layout`.
@@ -396,37 +410,46 @@ fn forward_spread<T: Element>(
     let weight = channels_then_taps(weight, [co, c], taps);
     let mut out_rows = vec![T::default(); g.positions() * b * co];
     let runs = runs(g, &in_layout);
-    let add_run = |run: &Run, out: *mut T| {
-        // SAFETY: `out` is the run's first output row, and its [positions·B, Co] rows and the
-        // input rows [positions·B, C] lie in their position-major buffers (the runs stay inside
-        // both planes); the tap's weights are read as [C, Co] with strides (taps·Co, 1) inside
-        // the `[C, taps, Co]` weights.
+    // The rows `rows` (counted from the run's first) of a run's product.
+    let add_run = |run: &Run, rows: std::ops::Range<usize>, out: Destination<T>| {
+        // SAFETY: the run's output rows [positions·B, Co] and input rows [positions·B, C] lie in
+        // their position-major buffers (the runs stay inside both planes), and `rows` inside
+        // them; the tap's weights are read as [C, Co] with strides (taps·Co, 1) inside the
+        // `[C, taps, Co]` weights. The caller gives each of these output rows to one task.
         unsafe {
             spread_product(
                 spread,
-                [run.positions * b, co, c],
-                (out, co as isize, 1),
-                (x_rows[run.in_position * b * c..].as_ptr(), c as isize, 1),
+                [rows.len(), co, c],
+                (
+                    out.at((run.out_position * b + rows.start) * co),
+                    co as isize,
+                    1,
+                ),
+                (
+                    x_rows[(run.in_position * b + rows.start) * c..].as_ptr(),
+                    c as isize,
+                    1,
+                ),
                 (weight[run.tap * co..].as_ptr(), (taps * co) as isize, 1),
             );
         }
     };
     match spread {
         Spread::InsideProducts => {
+            let out = Destination::of(out_rows.as_mut_ptr());
             for run in &runs {
-                add_run(run, out_rows[run.out_position * b * co..].as_mut_ptr());
+                add_run(run, 0..run.positions * b, out);
             }
         }
         Spread::AcrossRows => {
             let width = g.size_out[1];
             by_chunks(
                 &mut out_rows,
-                width * b * co,
+                [width * b, co],
                 &row_pieces(&runs, width),
                 |run| run.out_position / width,
-                |run, start, chunk| {
-                    add_run(run, chunk[run.out_position * b * co - start..].as_mut_ptr())
-                },
+                |run| run.out_position * b..(run.out_position + run.positions) * b,
+                add_run,
             );
         }
     }
@@ -461,16 +484,16 @@ fn backward_spread<T: Element>(
     let dx = want_input.then(|| {
         let weight = taps_before_channels(weight, c, taps);
         let mut dx_rows = vec![T::default(); in_layout.slots() * b * c];
-        let add_run = |run: &Run, dx: *mut T| {
+        let add_run = |run: &Run, rows: std::ops::Range<usize>, dx: Destination<T>| {
             // SAFETY: as in `forward`, with the roles of input and output rows exchanged and the
             // tap's weights read as [Co, C] (strides taps·C, 1).
             unsafe {
                 spread_product(
                     spread,
-                    [run.positions * b, c, co],
-                    (dx, c as isize, 1),
+                    [rows.len(), c, co],
+                    (dx.at((run.in_position * b + rows.start) * c), c as isize, 1),
                     (
-                        dy_rows[run.out_position * b * co..].as_ptr(),
+                        dy_rows[(run.out_position * b + rows.start) * co..].as_ptr(),
                         co as isize,
                         1,
                     ),
@@ -480,8 +503,9 @@ fn backward_spread<T: Element>(
         };
         match spread {
             Spread::InsideProducts => {
+                let dx = Destination::of(dx_rows.as_mut_ptr());
                 for run in &runs {
-                    add_run(run, dx_rows[run.in_position * b * c..].as_mut_ptr());
+                    add_run(run, 0..run.positions * b, dx);
                 }
             }
             Spread::AcrossRows => {
@@ -489,12 +513,11 @@ fn backward_spread<T: Element>(
                 let phase_row = in_layout.quotient[1];
                 by_chunks(
                     &mut dx_rows,
-                    phase_row * b * c,
+                    [phase_row * b, c],
                     &row_pieces(&runs, g.size_out[1]),
                     |run| run.in_position / phase_row,
-                    |run, start, chunk| {
-                        add_run(run, chunk[run.in_position * b * c - start..].as_mut_ptr());
-                    },
+                    |run| run.in_position * b..(run.in_position + run.positions) * b,
+                    add_run,
                 );
             }
         }
@@ -502,18 +525,26 @@ fn backward_spread<T: Element>(
     });
     let dw = want_weight.then(|| {
         let x_rows = x.in_slots([b, c], &in_layout);
-        // The gradient of one tap, [Co, C] with strides `(co_stride, c_stride)` from `dw`.
-        let add_run = |run: &Run, dw: *mut T, (co_stride, c_stride): (isize, isize)| {
-            // SAFETY: `dw` covers the tap's [Co, C] gradient at those strides; the run's
-            // output-gradient rows are read transposed as [Co, rows] and its input rows as
-            // [rows, C], both inside their position-major buffers.
+        // Rows `co_rows` of one tap's gradient, [Co, C] with strides `(co_stride, c_stride)`
+        // from `dw`.
+        let add_run = |run: &Run,
+                       co_rows: std::ops::Range<usize>,
+                       dw: *mut T,
+                       (co_stride, c_stride): (isize, isize)| {
+            // SAFETY: `dw` covers the tap's [Co, C] gradient at those strides and `co_rows` lie
+            // in it; the run's output-gradient rows are read transposed as [Co, rows] and its
+            // input rows as [rows, C], both inside their position-major buffers.
             unsafe {
                 spread_product(
                     spread,
-                    [co, c, run.positions * b],
-                    (dw, co_stride, c_stride),
+                    [co_rows.len(), c, run.positions * b],
                     (
-                        dy_rows[run.out_position * b * co..].as_ptr(),
+                        dw.wrapping_offset(co_rows.start as isize * co_stride),
+                        co_stride,
+                        c_stride,
+                    ),
+                    (
+                        dy_rows[run.out_position * b * co + co_rows.start..].as_ptr(),
                         1,
                         co as isize,
                     ),
@@ -526,7 +557,7 @@ fn backward_spread<T: Element>(
             Spread::InsideProducts => {
                 for run in &runs {
                     let strides = ((c * taps) as isize, taps as isize);
-                    add_run(run, dw[run.tap..].as_mut_ptr(), strides);
+                    add_run(run, 0..co, dw[run.tap..].as_mut_ptr(), strides);
                 }
             }
             Spread::AcrossRows => {
@@ -534,10 +565,13 @@ fn backward_spread<T: Element>(
                 let mut by_tap = vec![T::default(); taps * co * c];
                 by_chunks(
                     &mut by_tap,
-                    co * c,
+                    [co, c],
                     &runs,
                     |run| run.tap,
-                    |run, _, block| add_run(run, block.as_mut_ptr(), (c as isize, 1)),
+                    |run| run.tap * co..(run.tap + 1) * co,
+                    |run, co_rows, blocks| {
+                        add_run(run, co_rows, blocks.at(run.tap * co * c), (c as isize, 1));
+                    },
                 );
                 for (tap, block) in by_tap.chunks(co * c).enumerate() {
                     for (value, &gradient) in dw[tap..].iter_mut().step_by(taps).zip(block) {
