@@ -78,7 +78,7 @@ pub(crate) fn stored_like(tensor: FlexTensor, reference: &FlexTensor) -> FlexTen
 /// `tensor` stored contiguously in its logical order (`[B, C, H, W]` for an activation); itself
 /// when it already is. Position-major activations are converted in parallel.
 pub(crate) fn planar(tensor: FlexTensor) -> FlexTensor {
-    if tensor.is_contiguous() && tensor.layout().start_offset() == 0 {
+    if is_dense(&tensor) {
         return tensor;
     }
     let converted = match (four_axes(&tensor), is_position_major(&tensor)) {
@@ -97,7 +97,7 @@ fn position_major(tensor: FlexTensor) -> FlexTensor {
     if is_position_major(&tensor) {
         return tensor;
     }
-    let dense = tensor.is_contiguous() && tensor.layout().start_offset() == 0;
+    let dense = is_dense(&tensor);
     let converted = match four_axes(&tensor) {
         // Planes `[B·C, H·W]` become rows `[H·W, B·C]`, viewed as `[B, C, H, W]`.
         Some([b, c, h, w]) if dense => transposed_tensor(&tensor, [b * c, h * w], vec![h, w, b, c])
@@ -105,6 +105,11 @@ fn position_major(tensor: FlexTensor) -> FlexTensor {
         _ => None,
     };
     converted.unwrap_or_else(|| tensor.permute(&ROWS).to_contiguous().permute(&ROWS))
+}
+
+/// Whether `tensor` is stored contiguously in its logical order from the start of its buffer.
+fn is_dense(tensor: &FlexTensor) -> bool {
+    tensor.is_contiguous() && tensor.layout().start_offset() == 0
 }
 
 /// The four axes of a rank-4 tensor.
@@ -136,10 +141,7 @@ fn transposed_tensor(
 
 /// The transpose (`[columns, rows]`) of the row-major `[rows, columns]` matrix `values`, copied in
 /// parallel over bands of the longer side, tile by tile within a band.
-pub(crate) fn transposed<T: Copy + Send + Sync>(
-    values: &[T],
-    [rows, columns]: [usize; 2],
-) -> Vec<T> {
+fn transposed<T: Copy + Send + Sync>(values: &[T], [rows, columns]: [usize; 2]) -> Vec<T> {
     assert_eq!(values.len(), rows * columns, "a [{rows}, {columns}] matrix");
     let mut out: Vec<T> = Vec::with_capacity(values.len());
     let destination = Destination::of(out.as_mut_ptr());
