@@ -31,7 +31,8 @@ use burn::nn::Linear;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::products::{Element, product, written};
+use super::buffers::written;
+use super::products::{Element, product};
 use super::row_major;
 
 /// The gradients with respect to the input, the weight and the bias, each present when asked for.

@@ -14,6 +14,7 @@
 //! Benchmark: `cargo bench --bench pooling` (BENCHMARKS.md, "CPU speed, session 14").
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -27,6 +28,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2d;
 use burn::tensor::{DType, IntDType, Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::buffers::{zeroed, zeroed_in_parallel};
 
 /// Values each parallel task reads, about: planes are grouped into tasks of this size.
 const PARALLEL_GRAIN: usize = 1 << 14;
@@ -309,50 +312,57 @@ impl Element for f64 {
 /// the padding only gives −∞, as burn's op does.
 fn forward<T: Element>(g: &Geometry, x: &[T]) -> Vec<T> {
     let (plane_in, plane_out) = (g.plane_in(), g.plane_out());
-    let mut out = vec![T::ZERO; g.planes * plane_out];
-    if plane_out == 0 {
-        return out;
-    }
-    let width = g.size_in[1];
-    out.par_chunks_mut(plane_out)
-        .zip(x.par_chunks(plane_in.max(1)))
-        .with_min_len(g.planes_per_task())
-        .for_each_init(
-            || vec![T::ZERO; width],
-            |columns_max, (pooled, plane)| {
+    let planes_per_task = g.planes_per_task();
+    zeroed_in_parallel(
+        g.planes * plane_out,
+        planes_per_task * plane_out,
+        |task, pooled| {
+            let mut columns_max = vec![T::ZERO; g.size_in[1]];
+            for (index, pooled) in pooled.chunks_exact_mut(plane_out).enumerate() {
+                let plane = &x[(task * planes_per_task + index) * plane_in..][..plane_in];
                 for (oh, maxima) in pooled.chunks_exact_mut(g.size_out[1]).enumerate() {
-                    g.row_max(plane, oh, columns_max, maxima);
+                    g.row_max(plane, oh, &mut columns_max, maxima);
                 }
-            },
-        );
-    out
+            }
+        },
+    )
 }
 
 /// [`forward`] that also returns each output's index in its input plane ([`Geometry::row_max_indexed`]).
 fn forward_indexed<T: Element>(g: &Geometry, x: &[T]) -> (Vec<T>, Vec<i32>) {
     let (plane_in, plane_out) = (g.plane_in(), g.plane_out());
-    let mut out = vec![T::ZERO; g.planes * plane_out];
-    let mut indices = vec![0i32; g.planes * plane_out];
-    if plane_out == 0 {
-        return (out, indices);
-    }
+    let len = g.planes * plane_out;
+    let (mut out, mut indices) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let planes_per_task = g.planes_per_task();
+    let chunk_len = (planes_per_task * plane_out).max(1);
     let out_w = g.size_out[1];
-    out.par_chunks_mut(plane_out)
-        .zip(indices.par_chunks_mut(plane_out))
-        .zip(x.par_chunks(plane_in.max(1)))
-        .with_min_len(g.planes_per_task())
-        .for_each_init(
-            || ColumnWinners::new(g.size_in[1]),
-            |columns, ((pooled, argmax), plane)| {
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len)
+        .zip(indices.spare_capacity_mut()[..len].par_chunks_mut(chunk_len))
+        .enumerate()
+        .for_each(|(task, (pooled, argmax))| {
+            let (pooled, argmax) = (zeroed(pooled), zeroed(argmax));
+            let mut columns = ColumnWinners::new(g.size_in[1]);
+            for (index, (pooled, argmax)) in pooled
+                .chunks_exact_mut(plane_out)
+                .zip(argmax.chunks_exact_mut(plane_out))
+                .enumerate()
+            {
+                let plane = &x[(task * planes_per_task + index) * plane_in..][..plane_in];
                 for (oh, (maxima, argmax)) in pooled
                     .chunks_exact_mut(out_w)
                     .zip(argmax.chunks_exact_mut(out_w))
                     .enumerate()
                 {
-                    g.row_max_indexed(plane, oh, columns, maxima, argmax);
+                    g.row_max_indexed(plane, oh, &mut columns, maxima, argmax);
                 }
-            },
-        );
+            }
+        });
+    // SAFETY: the chunks cover the first `len` elements of both, and `zeroed` stored each of them.
+    unsafe {
+        out.set_len(len);
+        indices.set_len(len);
+    }
     (out, indices)
 }
 
@@ -369,24 +379,24 @@ fn scatter<T: Element>(
     if indices.len() != dy.len() {
         return None;
     }
-    let mut dx = vec![T::ZERO; planes * plane_in];
     let plane_out = dy.len() / planes.max(1);
-    if plane_in == 0 || plane_out == 0 {
-        return Some(dx);
-    }
-    dx.par_chunks_mut(plane_in)
-        .zip(indices.par_chunks(plane_out))
-        .zip(dy.par_chunks(plane_out))
-        .with_min_len((PARALLEL_GRAIN / plane_in).max(1))
-        .try_for_each(|((dx_plane, indices), dy_plane)| {
+    let planes_per_task = (PARALLEL_GRAIN / plane_in.max(1)).max(1);
+    let outside = AtomicBool::new(false);
+    let dx = zeroed_in_parallel(planes * plane_in, planes_per_task * plane_in, |task, dx| {
+        for (index, dx_plane) in dx.chunks_exact_mut(plane_in).enumerate() {
+            let first = (task * planes_per_task + index) * plane_out;
+            let (indices, dy_plane) = (&indices[first..][..plane_out], &dy[first..][..plane_out]);
             for (&index, &gradient) in indices.iter().zip(dy_plane) {
                 if let Ok(index) = usize::try_from(index) {
-                    *dx_plane.get_mut(index)? += gradient;
+                    match dx_plane.get_mut(index) {
+                        Some(slot) => *slot += gradient,
+                        None => outside.store(true, Ordering::Relaxed),
+                    }
                 }
             }
-            Some(())
-        })?;
-    Some(dx)
+        }
+    });
+    (!outside.into_inner()).then_some(dx)
 }
 
 fn host_forward<T: Element>(g: &Geometry, x: &FlexTensor) -> FlexTensor {

@@ -24,6 +24,7 @@
 //! NCHW and back (`lacoot train`'s width-16 epoch, BENCHMARKS.md "CPU speed, session 16").
 
 pub mod batch_norm;
+mod buffers;
 pub mod column_order;
 pub mod conv2d;
 pub mod linear;

@@ -12,7 +12,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
-use super::products::Destination;
+use super::buffers::Destination;
 
 /// `[B, C, H, W]` to `[H, W, B, C]`; its own inverse.
 const ROWS: [usize; 4] = [2, 3, 0, 1];

@@ -112,37 +112,3 @@ pub(super) unsafe fn product_with<T: Element>(
         )
     }
 }
-
-/// A vector of `len` values, all of them stored by `write` into the buffer it is given, without
-/// filling the buffer with zeros first.
-///
-/// # Safety
-/// `write` must store a value in each of the `len` elements its pointer addresses.
-pub(super) unsafe fn written<T: Element>(len: usize, write: impl FnOnce(*mut T)) -> Vec<T> {
-    let mut values = Vec::with_capacity(len);
-    write(values.as_mut_ptr());
-    // SAFETY: the capacity is `len`, and the caller guarantees every element was stored.
-    unsafe { values.set_len(len) };
-    values
-}
-
-/// The start of a buffer that parallel tasks write through, each its own elements.
-#[derive(Clone, Copy)]
-pub(super) struct Destination<T>(*mut T);
-
-// SAFETY: the tasks given a `Destination` write disjoint elements of a buffer that outlives them.
-unsafe impl<T: Send> Send for Destination<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for Destination<T> {}
-
-impl<T> Destination<T> {
-    /// The buffer that starts at `start`.
-    pub(super) fn of(start: *mut T) -> Self {
-        Self(start)
-    }
-
-    /// A pointer to element `index` (computing it accesses nothing).
-    pub(super) fn at(self, index: usize) -> *mut T {
-        self.0.wrapping_add(index)
-    }
-}

@@ -29,7 +29,8 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::{DType, Shape, Slice, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::products::{Element, product_with, written};
+use super::buffers::written;
+use super::products::{Element, product_with};
 use super::row_major;
 
 /// Groups of windows whose logit gradients are summed in parallel for the bias gradient, whatever

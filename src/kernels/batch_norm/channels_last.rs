@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use super::{Affine, Element, Epilogue, PARALLEL_GRAIN, Rectifier, relu, relu6};
+use crate::kernels::buffers::zeroed_in_parallel;
 
 /// Whole rows per parallel task.
 fn rows_per_task(channels: usize) -> usize {
@@ -90,11 +91,7 @@ fn fill_rows<T: Element>(
     fill: impl Fn(usize, &mut [T]) + Sync,
 ) -> Vec<T> {
     let block = rows_per_task(channels) * channels;
-    let mut out = vec![T::from_f64(0.0); len];
-    out.par_chunks_mut(block)
-        .enumerate()
-        .for_each(|(task, out)| fill(task * block, out));
-    out
+    zeroed_in_parallel(len, block, |task, out| fill(task * block, out))
 }
 
 /// `out = (x − centre)·a + y·b + c` with the constants of each value's channel.

@@ -36,6 +36,7 @@ use burn::nn::BatchNorm;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::buffers::zeroed_in_parallel;
 use super::position_major;
 
 mod channels_last;
@@ -568,16 +569,12 @@ fn fill_planes<T: Element>(
     // Whole planes per parallel task, so that small planes (2x2 in a ResNet's last stage) do not
     // make one task each.
     let planes_per_task = (PARALLEL_GRAIN / positions).max(1);
-    let mut out = vec![T::from_f64(0.0); len];
-    out.par_chunks_mut(planes_per_task * positions)
-        .enumerate()
-        .for_each(|(task, out)| {
-            for (index, out) in out.chunks_mut(positions).enumerate() {
-                let plane = task * planes_per_task + index;
-                fill(plane, plane * positions, out);
-            }
-        });
-    out
+    zeroed_in_parallel(len, planes_per_task * positions, |task, out| {
+        for (index, out) in out.chunks_mut(positions).enumerate() {
+            let plane = task * planes_per_task + index;
+            fill(plane, plane * positions, out);
+        }
+    })
 }
 
 /// `out = (x − centre)·a + y·b + c` plane by plane, with the constants of each plane's channel.

@@ -12,10 +12,13 @@
 //!   ([`IMAGE_GROUPS`] of them, whatever the thread count) and then over the groups in order, so
 //!   the result is the same on any number of threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::kernels::products::{Element, product_with, written};
+use crate::kernels::buffers::{written, zeroed};
+use crate::kernels::products::{Element, product_with};
 
 /// Groups of images the backward pass runs in parallel, whatever the thread count.
 const IMAGE_GROUPS: usize = 16;
@@ -140,10 +143,12 @@ pub(super) fn backward<T: Element>(
     let image_out = g.channels_out * positions;
     let group_len = g.batch.div_ceil(IMAGE_GROUPS).max(1);
     let groups = g.batch.div_ceil(group_len);
-    let mut dx = vec![T::default(); if want_input { g.batch * image_in } else { 0 }];
-    // The image range of each group, with that group's planes of `dx` (empty when not wanted).
-    let mut work: Vec<(std::ops::Range<usize>, &mut [T])> = Vec::with_capacity(groups);
-    let mut rest = dx.as_mut_slice();
+    let dx_len = if want_input { g.batch * image_in } else { 0 };
+    let mut dx = Vec::with_capacity(dx_len);
+    // The image range of each group, with that group's planes of `dx` (empty when not wanted),
+    // each image's cleared by its task just before its patches are added onto them.
+    let mut work: Vec<(std::ops::Range<usize>, &mut [MaybeUninit<T>])> = Vec::with_capacity(groups);
+    let mut rest = &mut dx.spare_capacity_mut()[..dx_len];
     for group in 0..groups {
         let images = group * group_len..((group + 1) * group_len).min(g.batch);
         let len = if want_input {
@@ -193,12 +198,19 @@ pub(super) fn backward<T: Element>(
                             (dy_image, positions as isize, 1),
                         );
                     }
-                    col2im(g, &dcol, &mut dx_planes[index * image_in..][..image_in]);
+                    col2im(
+                        g,
+                        &dcol,
+                        zeroed(&mut dx_planes[index * image_in..][..image_in]),
+                    );
                 }
             }
             dw
         })
         .collect();
+    // SAFETY: the groups' planes cover the first `dx_len` elements, and each image's planes were
+    // zeroed before its patches were added.
+    unsafe { dx.set_len(dx_len) };
     let dw = want_weight.then(|| sum_in_order(partials, g.channels_out * k));
     (want_input.then_some(dx), dw)
 }

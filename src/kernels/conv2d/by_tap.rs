@@ -31,7 +31,8 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::kernels::products::{Destination, Element, PARALLEL_MACS, product, product_with};
+use crate::kernels::buffers::{Destination, zeroed_in_parallel};
+use crate::kernels::products::{Element, PARALLEL_MACS, product, product_with};
 
 /// Where each position of a plane lies in a position-major buffer: grouped by its phase modulo the
 /// stride first, then by its place within that phase. Positions one stride apart are then adjacent,
@@ -170,32 +171,43 @@ fn row_pieces(runs: &[Run], out_width: usize) -> Vec<Run> {
 /// and on two threads the last of them would run alone.
 const CHUNK_PARTS: usize = 2;
 
-/// Runs every run's product over the rows of `buffer` it writes: `buffer` holds rows of
-/// `row_len` values cut into chunks of `chunk_rows` rows, `chunk_of` names the one chunk a run
-/// writes and `rows_of` the rows it writes there. Each chunk is cut into [`CHUNK_PARTS`] parts
-/// of consecutive rows; the parts run in parallel, each applying the runs of its chunk in their
-/// order to the rows it owns: `apply(run, rows, buffer)` with `rows` counted from the run's first.
-/// A row is the same sum in the same order however the rows are cut.
+/// A buffer of `total_rows` rows of `row_len` values, the sum of every run's product over the
+/// rows it writes: the rows are cut into chunks of `chunk_rows` rows, `chunk_of` names the one
+/// chunk a run writes and `rows_of` the rows it writes there. Each chunk is cut into
+/// [`CHUNK_PARTS`] parts of consecutive rows; the parts run in parallel, each setting the rows it
+/// owns to zero and then applying the runs of its chunk in their order to them: `apply(run,
+/// rows, buffer)` with `rows` counted from the run's first. A row is the same sum in the same
+/// order however the rows are cut.
 fn by_chunks<T: Element>(
-    buffer: &mut [T],
-    [chunk_rows, row_len]: [usize; 2],
+    [total_rows, chunk_rows, row_len]: [usize; 3],
     runs: &[Run],
     chunk_of: impl Fn(&Run) -> usize,
     rows_of: impl Fn(&Run) -> std::ops::Range<usize>,
     apply: impl Fn(&Run, std::ops::Range<usize>, Destination<T>) + Sync,
-) {
-    let total_rows = buffer.len() / row_len.max(1);
-    let chunks = total_rows.div_ceil(chunk_rows.max(1));
+) -> Vec<T> {
+    let chunk_rows = chunk_rows.max(1);
+    let chunks = total_rows.div_ceil(chunk_rows);
     let mut groups = vec![Vec::new(); chunks];
     for run in runs {
         groups[chunk_of(run)].push((*run, rows_of(run)));
     }
+    let len = total_rows * row_len;
+    let mut buffer = Vec::with_capacity(len);
     let destination = Destination::of(buffer.as_mut_ptr());
     (0..chunks * CHUNK_PARTS).into_par_iter().for_each(|task| {
         let (chunk, part) = (task / CHUNK_PARTS, task % CHUNK_PARTS);
         let first = chunk * chunk_rows;
         let owned = (first + part * chunk_rows / CHUNK_PARTS).min(total_rows)
             ..(first + (part + 1) * chunk_rows / CHUNK_PARTS).min(total_rows);
+        // SAFETY: the rows this task owns lie in the buffer's capacity, and no other task
+        // touches them.
+        unsafe {
+            std::ptr::write_bytes(
+                destination.at(owned.start * row_len),
+                0,
+                owned.len() * row_len,
+            );
+        }
         for (run, rows) in &groups[chunk] {
             let (start, end) = (rows.start.max(owned.start), rows.end.min(owned.end));
             if start < end {
@@ -203,6 +215,9 @@ fn by_chunks<T: Element>(
             }
         }
     });
+    // SAFETY: the parts' rows cover all `total_rows` rows, and each part zeroed its own.
+    unsafe { buffer.set_len(len) };
+    buffer
 }
 
 /// `planes` (`[images, channels, H, W]`, NCHW) as `[slots, images, channels]` in `layout`.
@@ -212,18 +227,15 @@ fn to_position_major<T: Element>(
     layout: &PhaseLayout,
 ) -> Vec<T> {
     let (plane, width) = (layout.size[0] * layout.size[1], layout.size[1]);
-    let mut rows = vec![T::default(); layout.slots() * images * channels];
-    rows.par_chunks_mut(images * channels)
-        .enumerate()
-        .for_each(|(slot, block)| {
-            if let Some([h, w]) = layout.position(slot) {
-                let position = h * width + w;
-                for (index, value) in block.iter_mut().enumerate() {
-                    *value = planes[index * plane + position];
-                }
+    let row = images * channels;
+    zeroed_in_parallel(layout.slots() * row, row, |slot, block| {
+        if let Some([h, w]) = layout.position(slot) {
+            let position = h * width + w;
+            for (index, value) in block.iter_mut().enumerate() {
+                *value = planes[index * plane + position];
             }
-        });
-    rows
+        }
+    })
 }
 
 /// `rows` (`[slots, images, channels]` in `layout`) back as NCHW planes.
@@ -234,11 +246,10 @@ fn from_position_major<T: Element>(
 ) -> Vec<T> {
     let [height, width] = layout.size;
     let plane = height * width;
-    let mut planes = vec![T::default(); images * channels * plane];
-    planes
-        .par_chunks_mut(channels * plane)
-        .enumerate()
-        .for_each(|(image, block)| {
+    zeroed_in_parallel(
+        images * channels * plane,
+        channels * plane,
+        |image, block| {
             for h in 0..height {
                 for w in 0..width {
                     let slot = layout.slot(h, w);
@@ -248,8 +259,8 @@ fn from_position_major<T: Element>(
                     }
                 }
             }
-        });
-    planes
+        },
+    )
 }
 
 /// The layouts of the input and of the output of `g`.
@@ -331,16 +342,15 @@ impl<'a, T: Element> Activation<'a, T> {
             Self::Rows(rows) if layout.stride == [1, 1] => Cow::Borrowed(rows),
             Self::Rows(rows) => {
                 let width = layout.size[1];
-                let mut slots = vec![T::default(); layout.slots() * row];
-                slots
-                    .par_chunks_mut(row)
-                    .enumerate()
-                    .for_each(|(slot, block)| {
+                Cow::Owned(zeroed_in_parallel(
+                    layout.slots() * row,
+                    row,
+                    |slot, block| {
                         if let Some([h, w]) = layout.position(slot) {
                             block.copy_from_slice(&rows[(h * width + w) * row..][..row]);
                         }
-                    });
-                Cow::Owned(slots)
+                    },
+                ))
             }
         }
     }
@@ -358,14 +368,10 @@ impl<'a, T: Element> Activation<'a, T> {
             Self::Rows(_) if layout.stride == [1, 1] => slots,
             Self::Rows(_) => {
                 let [height, width] = layout.size;
-                let mut rows = vec![T::default(); height * width * row];
-                rows.par_chunks_mut(row)
-                    .enumerate()
-                    .for_each(|(position, block)| {
-                        let slot = layout.slot(position / width, position % width);
-                        block.copy_from_slice(&slots[slot * row..][..row]);
-                    });
-                rows
+                zeroed_in_parallel(height * width * row, row, |position, block| {
+                    let slot = layout.slot(position / width, position % width);
+                    block.copy_from_slice(&slots[slot * row..][..row]);
+                })
             }
         }
     }
@@ -408,7 +414,6 @@ fn forward_spread<T: Element>(
     let [in_layout, _] = layouts(g);
     let x_rows = x.in_slots([b, c], &in_layout);
     let weight = channels_then_taps(weight, [co, c], taps);
-    let mut out_rows = vec![T::default(); g.positions() * b * co];
     let runs = runs(g, &in_layout);
     // The rows `rows` (counted from the run's first) of a run's product.
     let add_run = |run: &Run, rows: std::ops::Range<usize>, out: Destination<T>| {
@@ -436,24 +441,24 @@ fn forward_spread<T: Element>(
     };
     match spread {
         Spread::InsideProducts => {
+            let mut out_rows = vec![T::default(); g.positions() * b * co];
             let out = Destination::of(out_rows.as_mut_ptr());
             for run in &runs {
                 add_run(run, 0..run.positions * b, out);
             }
+            out_rows
         }
         Spread::AcrossRows => {
             let width = g.size_out[1];
             by_chunks(
-                &mut out_rows,
-                [width * b, co],
+                [g.positions() * b, width * b, co],
                 &row_pieces(&runs, width),
                 |run| run.out_position / width,
                 |run| run.out_position * b..(run.out_position + run.positions) * b,
                 add_run,
-            );
+            )
         }
     }
-    out_rows
 }
 
 /// The gradients with respect to the input (stored in `x`'s order) and to the weight, each only
@@ -483,7 +488,6 @@ fn backward_spread<T: Element>(
     let dy_rows = dy.in_slots([b, co], &out_layout);
     let dx = want_input.then(|| {
         let weight = taps_before_channels(weight, c, taps);
-        let mut dx_rows = vec![T::default(); in_layout.slots() * b * c];
         let add_run = |run: &Run, rows: std::ops::Range<usize>, dx: Destination<T>| {
             // SAFETY: as in `forward`, with the roles of input and output rows exchanged and the
             // tap's weights read as [Co, C] (strides taps·C, 1).
@@ -501,26 +505,27 @@ fn backward_spread<T: Element>(
                 );
             }
         };
-        match spread {
+        let dx_rows = match spread {
             Spread::InsideProducts => {
+                let mut dx_rows = vec![T::default(); in_layout.slots() * b * c];
                 let dx = Destination::of(dx_rows.as_mut_ptr());
                 for run in &runs {
                     add_run(run, 0..run.positions * b, dx);
                 }
+                dx_rows
             }
             Spread::AcrossRows => {
                 // A run of one output row reads, and so writes back, slots of one phase row.
                 let phase_row = in_layout.quotient[1];
                 by_chunks(
-                    &mut dx_rows,
-                    [phase_row * b, c],
+                    [in_layout.slots() * b, phase_row * b, c],
                     &row_pieces(&runs, g.size_out[1]),
                     |run| run.in_position / phase_row,
                     |run| run.in_position * b..(run.in_position + run.positions) * b,
                     add_run,
-                );
+                )
             }
-        }
+        };
         x.store_like(dx_rows, [b, c], &in_layout)
     });
     let dw = want_weight.then(|| {
@@ -562,10 +567,8 @@ fn backward_spread<T: Element>(
             }
             Spread::AcrossRows => {
                 // The taps at once, each into its own [Co, C] block, then interleaved.
-                let mut by_tap = vec![T::default(); taps * co * c];
-                by_chunks(
-                    &mut by_tap,
-                    [co, c],
+                let by_tap = by_chunks(
+                    [taps * co, co, c],
                     &runs,
                     |run| run.tap,
                     |run| run.tap * co..(run.tap + 1) * co,
