@@ -16,40 +16,52 @@ fn rows_per_task(channels: usize) -> usize {
     (PARALLEL_GRAIN / channels).max(1)
 }
 
-/// Per channel, `Σ f(a, b)[0]` and `Σ f(a, b)[1]` over the paired values of `a` and `b` in `f64`,
-/// where `f` also receives the channel.
+/// Per channel, `Σ f(a, b, centre)[0]` and `Σ f(a, b, centre)[1]` over the paired values of `a`
+/// and `b` in `f64`, `centre` being the channel's value of `centres` (one per channel). The two
+/// sums lie in separate arrays, so that the loop over a row's channels vectorises; each channel's
+/// values are added row after row, block after block, in order.
 fn channel_sums<T: Element>(
-    channels: usize,
+    centres: &[f64],
     a: &[T],
     b: &[T],
-    f: impl Fn(usize, f64, f64) -> [f64; 2] + Sync,
+    f: impl Fn(f64, f64, f64) -> [f64; 2] + Sync,
 ) -> Vec<[f64; 2]> {
+    let channels = centres.len();
     let block = rows_per_task(channels) * channels;
-    let partials: Vec<Vec<[f64; 2]>> = a
+    let partials: Vec<[Vec<f64>; 2]> = a
         .par_chunks(block)
         .zip(b.par_chunks(block))
         .map(|(a, b)| {
-            let mut sums = vec![[0.0; 2]; channels];
+            let [mut firsts, mut seconds] = [vec![0.0; channels], vec![0.0; channels]];
             for (a, b) in a.chunks_exact(channels).zip(b.chunks_exact(channels)) {
-                for (channel, ((sum, &a), &b)) in sums.iter_mut().zip(a).zip(b).enumerate() {
-                    let [first, second] = f(channel, a.to_f64(), b.to_f64());
-                    sum[0] += first;
-                    sum[1] += second;
+                let values = a.iter().zip(b).zip(centres);
+                for ((first, second), ((&a, &b), &centre)) in
+                    firsts.iter_mut().zip(seconds.iter_mut()).zip(values)
+                {
+                    let [f_first, f_second] = f(a.to_f64(), b.to_f64(), centre);
+                    *first += f_first;
+                    *second += f_second;
                 }
             }
-            sums
+            [firsts, seconds]
         })
         .collect();
-    partials
+    let [firsts, seconds] = partials
         .into_iter()
-        .reduce(|mut total, partial| {
-            for (total, partial) in total.iter_mut().zip(partial) {
-                total[0] += partial[0];
-                total[1] += partial[1];
-            }
-            total
+        .reduce(|[mut firsts, mut seconds], [first_part, second_part]| {
+            firsts.iter_mut().zip(first_part).for_each(|(t, p)| *t += p);
+            seconds
+                .iter_mut()
+                .zip(second_part)
+                .for_each(|(t, p)| *t += p);
+            [firsts, seconds]
         })
-        .unwrap_or_else(|| vec![[0.0; 2]; channels])
+        .unwrap_or_else(|| [vec![0.0; channels], vec![0.0; channels]]);
+    firsts
+        .into_iter()
+        .zip(seconds)
+        .map(|(f, s)| [f, s])
+        .collect()
 }
 
 /// Per-channel mean and biased variance of `x` (`[rows, channels]`), the sums shifted by the
@@ -57,8 +69,8 @@ fn channel_sums<T: Element>(
 pub(super) fn statistics<T: Element>(channels: usize, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     let count = (x.len() / channels) as f64;
     let shift: Vec<f64> = x[..channels].iter().map(|v| v.to_f64()).collect();
-    channel_sums(channels, x, x, |channel, v, _| {
-        let centred = v - shift[channel];
+    channel_sums(&shift, x, x, |v, _, shift| {
+        let centred = v - shift;
         [centred, centred * centred]
     })
     .into_iter()
@@ -78,8 +90,8 @@ pub(super) fn gradient_sums<T: Element>(
     x: &[T],
     mean: &[f64],
 ) -> Vec<[f64; 2]> {
-    channel_sums(channels, dy, x, |channel, dy, x| {
-        [dy, dy * (x - mean[channel])]
+    channel_sums(&mean[..channels], dy, x, |dy, x, mean| {
+        [dy, dy * (x - mean)]
     })
 }
 
@@ -101,6 +113,7 @@ pub(super) fn affine<T: Element>(x: &[T], y: &[T], per_channel: &[Affine]) -> Ve
         .map(|k| [k.centre, k.a, k.b, k.c].map(T::from_f64))
         .collect();
     let channels = constants.len();
+    let [centres, a, b, c] = columns(&constants);
     fill_rows(channels, x.len(), |start, out| {
         let (x, y) = (&x[start..][..out.len()], &y[start..][..out.len()]);
         for ((out, x), y) in out
@@ -108,8 +121,9 @@ pub(super) fn affine<T: Element>(x: &[T], y: &[T], per_channel: &[Affine]) -> Ve
             .zip(x.chunks_exact(channels))
             .zip(y.chunks_exact(channels))
         {
-            for (((out, &x), &y), &[centre, a, b, c]) in
-                out.iter_mut().zip(x).zip(y).zip(&constants)
+            let constants = centres.iter().zip(&a).zip(&b).zip(&c);
+            for (((out, &x), &y), (((&centre, &a), &b), &c)) in
+                out.iter_mut().zip(x).zip(y).zip(constants)
             {
                 *out = (x - centre) * a + y * b + c;
             }
@@ -147,24 +161,34 @@ fn fill_normalized<T: Element>(
     activation: impl Fn(T) -> T,
 ) {
     let channels = per_channel.len();
-    let normalized = |x: T, &[mean, std, gamma, beta]: &[T; 4]| (x - mean) / std * gamma + beta;
+    let [means, stds, gammas, betas] = columns(per_channel);
+    let constants = || means.iter().zip(&stds).zip(&gammas).zip(&betas);
+    let normalized = |x: T, (((&mean, &std), &gamma), &beta): (((&T, &T), &T), &T)| {
+        (x - mean) / std * gamma + beta
+    };
     let rows = out.chunks_exact_mut(channels).zip(x.chunks_exact(channels));
     match residual {
         None => {
             for (out, x) in rows {
-                for ((out, &x), k) in out.iter_mut().zip(x).zip(per_channel) {
+                for ((out, &x), k) in out.iter_mut().zip(x).zip(constants()) {
                     *out = activation(normalized(x, k));
                 }
             }
         }
         Some(residual) => {
             for ((out, x), r) in rows.zip(residual.chunks_exact(channels)) {
-                for (((out, &x), &r), k) in out.iter_mut().zip(x).zip(r).zip(per_channel) {
+                for (((out, &x), &r), k) in out.iter_mut().zip(x).zip(r).zip(constants()) {
                     *out = activation(normalized(x, k) + r);
                 }
             }
         }
     }
+}
+
+/// Per-channel constants as four arrays, one per constant, so that a loop over a row's channels
+/// reads each with contiguous vector loads.
+fn columns<T: Copy>(per_channel: &[[T; 4]]) -> [Vec<T>; 4] {
+    std::array::from_fn(|index| per_channel.iter().map(|k| k[index]).collect())
 }
 
 #[cfg(test)]
