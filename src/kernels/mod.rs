@@ -22,6 +22,10 @@
 //! read and write that order, and the batch norms normalise it where it lies, so the layers of a
 //! CIFAR network's last stages pass their activations and gradients on without converting them to
 //! NCHW and back (`lacoot train`'s width-16 epoch, BENCHMARKS.md "CPU speed, session 16").
+//!
+//! The kernels' outputs are never zero-filled on the calling thread ([`buffers`]): a buffer is
+//! either written whole by the kernel or cleared chunk by chunk by the parallel task that then
+//! fills it (`lacoot train`'s width-16 epoch, BENCHMARKS.md "CPU speed, session 22").
 
 pub mod batch_norm;
 mod buffers;
