@@ -6,8 +6,11 @@
 //!
 //! - forward: `out[Co, positions] = W[Co, K] · col[K, positions]`, straight into the image's block
 //!   of the NCHW output;
-//! - backward to the input: `dcol[K, positions] = Wᵀ · dy[Co, positions]` (the image's output
-//!   gradient is already that matrix), then col2im adds each patch back onto the image's planes;
+//! - backward to the input: at stride 1, the forward pass of the transposed convolution (`dy`
+//!   convolved with the weights flipped in space, input and output channels exchanged, padded by
+//!   `k − 1 − p`), written once into `dx` by products whose shared dimension is `Co·kh·kw`;
+//!   otherwise `dcol[K, positions] = Wᵀ · dy[Co, positions]` (the image's output gradient is
+//!   already that matrix), then col2im adds each patch back onto the image's planes;
 //! - backward to the weights: `dW[Co, K] += dy[Co, positions] · colᵀ`, summed per group of images
 //!   ([`IMAGE_GROUPS`] of them, whatever the thread count) and then over the groups in order, so
 //!   the result is the same on any number of threads.
@@ -128,10 +131,68 @@ pub(super) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T>
 }
 
 /// The gradients with respect to the input and to the weight (each only when wanted) for the
-/// output gradient `dy` (`[B, Co, Ho, Wo]`), in a fixed number of groups of images that run in
-/// parallel: each group accumulates its own weight gradient, and the groups' sums are added in
-/// group order.
+/// output gradient `dy` (`[B, Co, Ho, Wo]`).
 pub(super) fn backward<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    dy: &[T],
+    [want_input, want_weight]: [bool; 2],
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    match want_input.then(|| transposed(g)).flatten() {
+        Some(transposed) => {
+            let dx = forward(&transposed, dy, &flipped_exchanged(g, weight));
+            let dw = want_weight
+                .then(|| backward_by_groups(g, x, weight, dy, [false, true]).1)
+                .flatten();
+            (Some(dx), dw)
+        }
+        None => backward_by_groups(g, x, weight, dy, [want_input, want_weight]),
+    }
+}
+
+/// The convolution whose forward pass is the backward pass of `g` to its input, when `g` has
+/// stride 1 and a padding below its kernel: `dy` convolved with [`flipped_exchanged`] weights,
+/// padded by `k − 1 − p`, gives `[B, C, H, W]`.
+fn transposed(g: &Geometry) -> Option<Geometry> {
+    if g.stride != [1, 1] {
+        return None;
+    }
+    let padding = [0, 1].map(|axis| g.kernel[axis].checked_sub(1 + g.padding[axis]));
+    let [Some(top), Some(left)] = padding else {
+        return None;
+    };
+    Some(Geometry {
+        batch: g.batch,
+        channels_in: g.channels_out,
+        size_in: g.size_out,
+        channels_out: g.channels_in,
+        kernel: g.kernel,
+        stride: [1, 1],
+        padding: [top, left],
+        size_out: g.size_in,
+    })
+}
+
+/// The weights `[Co, C, kh, kw]` of `g` as `[C, Co, kh, kw]`, each kernel turned by half a turn
+/// (`W'[c, o, i, j] = W[o, c, kh − 1 − i, kw − 1 − j]`).
+fn flipped_exchanged<T: Element>(g: &Geometry, weight: &[T]) -> Vec<T> {
+    let taps = g.kernel[0] * g.kernel[1];
+    let (channels_in, channels_out) = (g.channels_in, g.channels_out);
+    let mut out = Vec::with_capacity(weight.len());
+    for channel in 0..channels_in {
+        for output in 0..channels_out {
+            let kernel = &weight[(output * channels_in + channel) * taps..][..taps];
+            out.extend(kernel.iter().rev());
+        }
+    }
+    out
+}
+
+/// [`backward`] in a fixed number of groups of images that run in parallel: each group
+/// accumulates its own weight gradient, and the groups' sums are added in group order; the input
+/// gradient by col2im.
+fn backward_by_groups<T: Element>(
     g: &Geometry,
     x: &[T],
     weight: &[T],
@@ -225,4 +286,48 @@ fn sum_in_order<T: Element>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::ops::ConvOptions;
+
+    use super::*;
+
+    #[test]
+    fn the_transposed_convolution_gives_the_col2im_input_gradient() {
+        // [B, C, H, W], [Co, C, kh, kw], padding: square and oblong kernels and planes, paddings
+        // from none to the kernel's half and beyond it (which col2im keeps).
+        let cases = [
+            ([2, 3, 9, 8], [4, 3, 3, 3], [1, 1]),
+            ([1, 2, 8, 11], [3, 2, 3, 2], [0, 1]),
+            ([3, 1, 10, 10], [2, 1, 1, 1], [0, 0]),
+            ([2, 2, 9, 9], [2, 2, 5, 3], [2, 0]),
+            ([1, 2, 8, 8], [2, 2, 3, 3], [3, 1]),
+        ];
+        for (x_shape, w_shape, padding) in cases {
+            let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
+            let g = Geometry::new(&x_shape, &w_shape, &options).expect("a dense convolution");
+            assert_eq!(
+                transposed(&g).is_some(),
+                padding[0] < w_shape[2] && padding[1] < w_shape[3]
+            );
+            let [x, weight, dy] = crate::kernels::smooth_operands([
+                g.batch * g.channels_in * g.plane_in(),
+                g.channels_out * g.patch_len(),
+                g.batch * g.channels_out * g.positions(),
+            ]);
+            let (dx, dw) = backward(&g, &x, &weight, &dy, [true, true]);
+            let (dx_col2im, dw_groups) = backward_by_groups(&g, &x, &weight, &dy, [true, true]);
+            let (dx, dx_col2im) = (dx.unwrap(), dx_col2im.unwrap());
+            assert_eq!(dx.len(), dx_col2im.len());
+            for (a, b) in dx.iter().zip(&dx_col2im) {
+                assert!(
+                    (a - b).abs() < 1e-12,
+                    "{x_shape:?} {w_shape:?} {padding:?}: {a} vs {b}"
+                );
+            }
+            assert_eq!(dw, dw_groups, "the weight gradient takes the same path");
+        }
+    }
 }
