@@ -139,9 +139,9 @@ pub(super) fn backward<T: Element>(
     dy: &[T],
     [want_input, want_weight]: [bool; 2],
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
-    match want_input.then(|| transposed(g)).flatten() {
+    match want_input.then(|| g.transposed()).flatten() {
         Some(transposed) => {
-            let dx = forward(&transposed, dy, &flipped_exchanged(g, weight));
+            let dx = forward(&transposed, dy, &g.flipped_exchanged(weight));
             let dw = want_weight
                 .then(|| backward_by_groups(g, x, weight, dy, [false, true]).1)
                 .flatten();
@@ -149,44 +149,6 @@ pub(super) fn backward<T: Element>(
         }
         None => backward_by_groups(g, x, weight, dy, [want_input, want_weight]),
     }
-}
-
-/// The convolution whose forward pass is the backward pass of `g` to its input, when `g` has
-/// stride 1 and a padding below its kernel: `dy` convolved with [`flipped_exchanged`] weights,
-/// padded by `k − 1 − p`, gives `[B, C, H, W]`.
-fn transposed(g: &Geometry) -> Option<Geometry> {
-    if g.stride != [1, 1] {
-        return None;
-    }
-    let padding = [0, 1].map(|axis| g.kernel[axis].checked_sub(1 + g.padding[axis]));
-    let [Some(top), Some(left)] = padding else {
-        return None;
-    };
-    Some(Geometry {
-        batch: g.batch,
-        channels_in: g.channels_out,
-        size_in: g.size_out,
-        channels_out: g.channels_in,
-        kernel: g.kernel,
-        stride: [1, 1],
-        padding: [top, left],
-        size_out: g.size_in,
-    })
-}
-
-/// The weights `[Co, C, kh, kw]` of `g` as `[C, Co, kh, kw]`, each kernel turned by half a turn
-/// (`W'[c, o, i, j] = W[o, c, kh − 1 − i, kw − 1 − j]`).
-fn flipped_exchanged<T: Element>(g: &Geometry, weight: &[T]) -> Vec<T> {
-    let taps = g.kernel[0] * g.kernel[1];
-    let (channels_in, channels_out) = (g.channels_in, g.channels_out);
-    let mut out = Vec::with_capacity(weight.len());
-    for channel in 0..channels_in {
-        for output in 0..channels_out {
-            let kernel = &weight[(output * channels_in + channel) * taps..][..taps];
-            out.extend(kernel.iter().rev());
-        }
-    }
-    out
 }
 
 /// [`backward`] in a fixed number of groups of images that run in parallel: each group
@@ -309,7 +271,7 @@ mod tests {
             let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
             let g = Geometry::new(&x_shape, &w_shape, &options).expect("a dense convolution");
             assert_eq!(
-                transposed(&g).is_some(),
+                g.transposed().is_some(),
                 padding[0] < w_shape[2] && padding[1] < w_shape[3]
             );
             let [x, weight, dy] = crate::kernels::smooth_operands([
