@@ -15,12 +15,12 @@
 //!   product per kernel tap and output row over all images, no patch matrix and no multiplications
 //!   by the padding (smaller batches go image by image: their tap products would be too thin).
 //!
-//! Within either scheme, 3x3 convolutions at stride 1 with 16+ channels each way go through
-//! [`winograd`] (F(2x2, 3x3): 16 products of transformed tiles, 2.25x fewer multiply-adds than
-//! im2col) wherever that saves at least a fifth of the scheme's multiply-adds: every such layer
-//! image by image, and the 4x4 to 7x7 position-major planes whose activations arrive
-//! position-major (a 2x2 or 3x3 plane, where the tap-by-tap products skip most of the padding,
-//! stays tap by tap).
+//! Within either scheme, 3x3 convolutions at stride 1 go through [`winograd`] (F(2x2, 3x3): 16
+//! products of transformed tiles, 2.25x fewer multiply-adds than im2col) wherever that saves at
+//! least a fifth of the scheme's multiply-adds and the channels are wide enough to pay for the
+//! transforms: image by image from 32 channels each way, tap by tap from 128 (4x4 to 7x7
+//! position-major planes; a 2x2 or 3x3 plane, where the tap-by-tap products skip most of the
+//! padding, stays tap by tap).
 //!
 //! Every output element is summed in a fixed order whatever the thread count (the products split
 //! rows and columns among threads, never the shared dimension; the image groups and the tap order
