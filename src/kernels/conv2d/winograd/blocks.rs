@@ -62,30 +62,45 @@ impl Blocks {
 /// plane) into `v`: entry after entry, each `[tiles, blocks.len]`.
 #[inline(always)]
 pub(super) fn transform_input<T: Element>(tiles: &Tiles, x: &[T], blocks: Blocks, v: &mut Vec<T>) {
+    transform_tiles::<T, 4>(tiles, x, blocks, tiles.padding, input_axis, v);
+}
+
+/// `transform` (`N` values to 4) applied along both axes of the `N x N` blocks of `values` at the
+/// positions `(oh + i − top, ow + j − left)` of each tile whose first output is `(oh, ow)`
+/// (positions outside the plane count as zeros), into `entries`: entry after entry, each
+/// `[tiles, blocks.len]`.
+#[inline(always)]
+fn transform_tiles<T: Element, const N: usize>(
+    tiles: &Tiles,
+    values: &[T],
+    blocks: Blocks,
+    [top, left]: [usize; 2],
+    transform: impl Fn([T; N]) -> [T; 4],
+    entries: &mut Vec<T>,
+) {
     let entry_len = tiles.len() * blocks.len;
-    v.resize(ENTRIES * entry_len, T::default());
-    let [top, left] = tiles.padding;
+    entries.resize(ENTRIES * entry_len, T::default());
     for (tile, [oh, ow]) in tiles.origins() {
-        let sources: [[Option<&[T]>; 4]; 4] = std::array::from_fn(|i| {
+        let sources: [[Option<&[T]>; N]; N] = std::array::from_fn(|i| {
             std::array::from_fn(|j| {
                 let (h, w) = ((oh + i).checked_sub(top)?, (ow + j).checked_sub(left)?);
-                Some(&x[blocks.start(h, w)?..][..blocks.len])
+                Some(&values[blocks.start(h, w)?..][..blocks.len])
             })
         });
         for start in (0..blocks.len).step_by(STRIP) {
             let width = STRIP.min(blocks.len - start);
-            let mut d: Grid<T, 4> = [[[T::default(); STRIP]; 4]; 4];
-            for (line, row) in d.iter_mut().zip(&sources) {
+            let mut grid: Grid<T, N> = [[[T::default(); STRIP]; N]; N];
+            for (line, row) in grid.iter_mut().zip(&sources) {
                 for (lanes, source) in line.iter_mut().zip(row) {
                     if let Some(source) = source {
                         copy_strip(lanes, &source[start..], width);
                     }
                 }
             }
-            let transformed = separable(&d, input_axis);
+            let transformed = separable(&grid, &transform);
             for (entry, lanes) in transformed.iter().flatten().enumerate() {
                 copy_strip(
-                    &mut v[entry * entry_len + tile * blocks.len + start..],
+                    &mut entries[entry * entry_len + tile * blocks.len + start..],
                     lanes,
                     width,
                 );
@@ -147,32 +162,7 @@ pub(super) fn transform_output_gradient<T: Element>(
     blocks: Blocks,
     dm: &mut Vec<T>,
 ) {
-    let entry_len = tiles.len() * blocks.len;
-    dm.resize(ENTRIES * entry_len, T::default());
-    for (tile, [oh, ow]) in tiles.origins() {
-        let sources: [[Option<&[T]>; 2]; 2] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| Some(&dy[blocks.start(oh + i, ow + j)?..][..blocks.len]))
-        });
-        for start in (0..blocks.len).step_by(STRIP) {
-            let width = STRIP.min(blocks.len - start);
-            let mut grid: Grid<T, 2> = [[[T::default(); STRIP]; 2]; 2];
-            for (line, row) in grid.iter_mut().zip(&sources) {
-                for (lanes, source) in line.iter_mut().zip(row) {
-                    if let Some(source) = source {
-                        copy_strip(lanes, &source[start..], width);
-                    }
-                }
-            }
-            let transformed = separable(&grid, output_gradient_axis);
-            for (entry, lanes) in transformed.iter().flatten().enumerate() {
-                copy_strip(
-                    &mut dm[entry * entry_len + tile * blocks.len + start..],
-                    lanes,
-                    width,
-                );
-            }
-        }
-    }
+    transform_tiles::<T, 2>(tiles, dy, blocks, [0, 0], output_gradient_axis, dm);
 }
 
 /// Side of the squares the stagings transpose at a time.
