@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::Geometry;
+use super::{Geometry, sum_in_order};
 use crate::kernels::buffers::{written, zeroed};
 use crate::kernels::products::{Element, product_with};
 
@@ -236,18 +236,6 @@ fn backward_by_groups<T: Element>(
     unsafe { dx.set_len(dx_len) };
     let dw = want_weight.then(|| sum_in_order(partials, g.channels_out * k));
     (want_input.then_some(dx), dw)
-}
-
-/// The element-wise sum of `parts` (zeros of length `len` when there are none), added in their
-/// order.
-fn sum_in_order<T: Element>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
-    let mut total = vec![T::default(); len];
-    for part in parts {
-        for (total, value) in total.iter_mut().zip(part) {
-            *total += value;
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
 
 mod by_image;
 mod by_tap;
@@ -268,6 +269,27 @@ impl Geometry {
         }
         out
     }
+}
+
+/// Values of the sum each task of [`sum_in_order`] adds.
+const SUM_GRAIN: usize = 4096;
+
+/// The element-wise sum of `parts` (zeros of length `len` when there are none), each element
+/// added in the order of the parts, so the result does not depend on how the elements are split
+/// among the threads.
+fn sum_in_order<T: Element>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut total = vec![T::default(); len];
+    total
+        .par_chunks_mut(SUM_GRAIN)
+        .enumerate()
+        .for_each(|(index, sums)| {
+            for part in &parts {
+                for (sum, &value) in sums.iter_mut().zip(&part[index * SUM_GRAIN..]) {
+                    *sum += value;
+                }
+            }
+        });
+    total
 }
 
 /// Whether `g` runs tap by tap (small planes, enough images) rather than image by image.

@@ -32,8 +32,8 @@ use rayon::prelude::*;
 mod blocks;
 
 use self::blocks::Blocks;
-use super::Geometry;
 use super::by_tap::Activation;
+use super::{Geometry, sum_in_order};
 use crate::kernels::buffers::{Destination, written};
 use crate::kernels::products::{Element, product_with};
 
@@ -472,16 +472,7 @@ fn weight_gradient<T: Element>(
             du
         })
         .collect();
-    let mut du = vec![T::default(); ENTRIES * entry_len];
-    du.par_chunks_mut(STRIP * STRIP)
-        .enumerate()
-        .for_each(|(index, total)| {
-            for partial in &partials {
-                for (sum, &value) in total.iter_mut().zip(&partial[index * STRIP * STRIP..]) {
-                    *sum += value;
-                }
-            }
-        });
+    let du = sum_in_order(partials, ENTRIES * entry_len);
     weight_gradient_from(&du, [channels_out, channels_in])
 }
 
