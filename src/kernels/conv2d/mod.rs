@@ -17,10 +17,11 @@
 //!
 //! Within either scheme, 3x3 convolutions at stride 1 go through [`winograd`] (F(2x2, 3x3): 16
 //! products of transformed tiles, 2.25x fewer multiply-adds than im2col) wherever that saves at
-//! least a fifth of the scheme's multiply-adds and the channels are wide enough to pay for the
-//! transforms: image by image from 32 channels each way, tap by tap from 128 (4x4 to 7x7
+//! least a fifth of the scheme's multiply-adds and the channels and the batch are wide enough to pay
+//! for the transforms: image by image from 32 channels each way, tap by tap from 128 (4x4 to 7x7
 //! position-major planes; a 2x2 or 3x3 plane, where the tap-by-tap products skip most of the
-//! padding, stays tap by tap).
+//! padding, stays tap by tap), and only with 256 tiles or more in the batch (small batches, such as
+//! inference on one image, keep the direct schemes).
 //!
 //! Every output element is summed in a fixed order whatever the thread count (the products split
 //! rows and columns among threads, never the shared dimension; the image groups and the tap order
