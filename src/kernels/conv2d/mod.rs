@@ -618,6 +618,63 @@ mod tests {
         }
     }
 
+    /// The 3x3 stride-1 layers Winograd takes, through the same entry points as the others: NCHW
+    /// planes against burn, and position-major rows against the direct products on the same
+    /// values as planes, in single precision.
+    #[test]
+    fn winograd_layers_match_the_direct_schemes() {
+        let planes = [8, 32, 16, 16];
+        assert!(winograd::applies(
+            &dense(planes, [32, 32, 3, 3], [1, 1], [1, 1]),
+            false
+        ));
+        check_against_burn(planes, [32, 3, 3], [1, 1], [1, 1], 11);
+
+        let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let rows = <Flex as ConvOps>::dense_conv2d(
+            flex_values([128, 64, 4, 4], 0.0),
+            flex_values([64, 64, 3, 3], 1.0),
+            same.clone(),
+        );
+        assert!(position_major::is_position_major(&rows));
+        let g = dense([128, 64, 4, 4], [64, 64, 3, 3], [1, 1], [1, 1]);
+        assert!(runs_tap_by_tap(&g) && winograd::applies(&g, true));
+        let nchw = FlexTensor::from_data(rows.clone().into_data());
+        let weight = flex_values([64, 64, 3, 3], 2.0);
+        let dy = <Flex as ConvOps>::dense_conv2d(
+            flex_values([128, 64, 4, 4], 3.0),
+            flex_values([64, 64, 3, 3], 4.0),
+            same.clone(),
+        );
+        assert!(position_major::is_position_major(&dy));
+        let passes = |x: &FlexTensor| {
+            let y = <Flex as ConvOps>::dense_conv2d(x.clone(), weight.clone(), same.clone());
+            let (dx, dw) = <Flex as ConvOps>::dense_conv2d_backward(
+                x.clone(),
+                weight.clone(),
+                dy.clone(),
+                same.clone(),
+                [true, true],
+            );
+            [y, dx.unwrap(), dw.unwrap()].map(FlexTensor::into_data)
+        };
+        // F(4x4, 3x3) rounds about 10x more than the direct products: compared with the largest
+        // value, as outputs near zero carry the rounding of the large terms that cancelled there.
+        for (pass, (winograd, direct)) in ["forward", "input gradient", "weight gradient"]
+            .iter()
+            .zip(passes(&rows).iter().zip(&passes(&nchw)))
+        {
+            let (winograd, direct) = (winograd.as_slice::<f32>(), direct.as_slice::<f32>());
+            let (winograd, direct) = (winograd.unwrap(), direct.unwrap());
+            let scale = direct.iter().fold(0f32, |max, v| max.max(v.abs()));
+            let error = winograd
+                .iter()
+                .zip(direct)
+                .fold(0f32, |max, (a, b)| max.max((a - b).abs()));
+            assert!(error <= 1e-4 * scale, "{pass}: {error:e} of {scale:e}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]

@@ -9,8 +9,8 @@
 use std::ops::Range;
 
 use super::{
-    ENTRIES, Grid, STRIP, Tiles, copy_strip, input_axis, output_axis, output_gradient_axis,
-    separable,
+    ENTRIES, Grid, SPAN, STRIP, TILE, Tiles, copy_strip, input_axis, output_axis,
+    output_gradient_axis, separable,
 };
 use crate::kernels::buffers::Destination;
 use crate::kernels::products::Element;
@@ -62,7 +62,7 @@ impl Blocks {
 /// plane) into `v`: entry after entry, each `[tiles, blocks.len]`.
 #[inline(always)]
 pub(super) fn transform_input<T: Element>(tiles: &Tiles, x: &[T], blocks: Blocks, v: &mut Vec<T>) {
-    transform_tiles::<T, 4>(tiles, x, blocks, tiles.padding, input_axis, v);
+    transform_tiles::<T, SPAN>(tiles, x, blocks, tiles.padding, input_axis, v);
 }
 
 /// `transform` (`N` values to 4) applied along both axes of the `N x N` blocks of `values` at the
@@ -75,7 +75,7 @@ fn transform_tiles<T: Element, const N: usize>(
     values: &[T],
     blocks: Blocks,
     [top, left]: [usize; 2],
-    transform: impl Fn([T; N]) -> [T; 4],
+    transform: impl Fn([T; N]) -> [T; SPAN],
     entries: &mut Vec<T>,
 ) {
     let entry_len = tiles.len() * blocks.len;
@@ -125,7 +125,7 @@ pub(super) unsafe fn transform_output<T: Element>(
     for (tile, [oh, ow]) in tiles.origins() {
         for start in (0..blocks.len).step_by(STRIP) {
             let width = STRIP.min(blocks.len - start);
-            let mut grid: Grid<T, 4> = [[[T::default(); STRIP]; 4]; 4];
+            let mut grid: Grid<T, SPAN> = [[[T::default(); STRIP]; SPAN]; SPAN];
             for (entry, lanes) in grid.iter_mut().flatten().enumerate() {
                 copy_strip(
                     lanes,
@@ -162,7 +162,7 @@ pub(super) fn transform_output_gradient<T: Element>(
     blocks: Blocks,
     dm: &mut Vec<T>,
 ) {
-    transform_tiles::<T, 2>(tiles, dy, blocks, [0, 0], output_gradient_axis, dm);
+    transform_tiles::<T, TILE>(tiles, dy, blocks, [0, 0], output_gradient_axis, dm);
 }
 
 /// Side of the squares the stagings transpose at a time.

@@ -1,14 +1,14 @@
-//! 3x3 convolutions at stride 1 by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs comes
-//! from the 4x4 block of inputs around it with 16 multiplications per pair of channels instead of
-//! 36.
+//! 3x3 convolutions at stride 1 by Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 4x4 block of outputs comes
+//! from the 6x6 block of inputs around it with 36 multiplications per pair of channels instead of
+//! 144.
 //!
 //! With `V = Bᵀ d B` the transform of an input tile `d`, `U = G g Gᵀ` that of a kernel `g` and
-//! `Y = Aᵀ M A` the output tile, the convolution is `M[ξ] = Σ_c V[ξ, c] · U[ξ, c]` for each of the
-//! 16 entries `ξ` of a transformed tile: 16 matrix products `[tiles, C] · [C, Co]`, with the tiles
-//! of several images as rows.
+//! `Y = Aᵀ M A` the output tile (interpolation points 0, ±1, ±2 and infinity), the convolution is
+//! `M[ξ] = Σ_c V[ξ, c] · U[ξ, c]` for each of the 36 entries `ξ` of a transformed tile: 36 matrix
+//! products `[tiles, C] · [C, Co]`, with the tiles of several images as rows.
 //!
-//! - forward: transform the input tiles and the kernels, 16 products, transform the output tiles;
+//! - forward: transform the input tiles and the kernels, 36 products, transform the output tiles;
 //! - backward to the input: the forward pass of the transposed convolution, itself 3x3 at stride 1;
 //! - backward to the weights: `dU[ξ] = V[ξ]ᵀ · dM[ξ]` summed over the tiles, with `dM = A dY Aᵀ`,
 //!   then `dg = Gᵀ dU G`.
@@ -18,12 +18,16 @@
 //! activations ([`crate::kernels::position_major`]) are read and written where they lie; NCHW
 //! planes are transposed a chunk of images at a time into a buffer that stays in cache.
 //!
-//! It takes 16 multiply-adds per tile of four outputs where im2col takes 36 (2.25x fewer) and the
-//! tap-by-tap products on a 4x4 plane 25 (1.56x); [`applies`] picks it where it saves at least a
-//! fifth. The work is cut into chunks of images whose size depends on the shapes alone, each chunk
-//! on one thread, and the weight gradient is summed per fixed group of chunks and then across the
-//! groups in order, so the results are the same on any number of threads. Benchmark: `cargo bench
-//! --bench conv_layers` (BENCHMARKS.md, "CPU speed, session 23").
+//! It takes 36 multiply-adds per tile of 16 outputs where im2col takes 144 (4x fewer) and the
+//! tap-by-tap products on a 4x4 plane 100 (2.8x); [`applies`] picks it where it saves at least a
+//! third. F(2x2, 3x3) (16 per tile of four, 2.25x fewer than im2col) measured slower on every
+//! layer of the CIFAR ResNet-18 where both apply (BENCHMARKS.md, "CPU speed, session 24"). In
+//! `f32` its rounding errors are about 10x im2col's: within 3e-5 of the largest output where
+//! im2col's are within 2e-6 (tested to 1e-4). The work is cut into chunks of images whose size
+//! depends on the shapes alone, each chunk on one thread, and the weight gradient is summed per
+//! fixed group of chunks and then across the groups in order, so the results are the same on any
+//! number of threads. Benchmark: `cargo bench --bench conv_layers` (BENCHMARKS.md, "CPU speed,
+//! session 23" and "session 24").
 
 use std::ops::Range;
 
@@ -37,34 +41,41 @@ use super::{Geometry, sum_in_order};
 use crate::kernels::buffers::{Destination, written};
 use crate::kernels::products::{Element, product_with};
 
-/// Entries of a transformed 4x4 tile: one product each.
-const ENTRIES: usize = 16;
+/// Side of the output tiles.
+const TILE: usize = 4;
+/// Side of the input tiles (and of the transformed ones) for a 3x3 kernel.
+const SPAN: usize = TILE + 2;
+/// Entries of a transformed tile: one product each.
+const ENTRIES: usize = SPAN * SPAN;
 /// Rows (tiles times images) of each chunk's products, about.
-const CHUNK_ROWS: usize = 128;
+const CHUNK_ROWS: usize = 64;
 /// Values of a block that the transforms combine at a time, held on the stack.
 const STRIP: usize = 64;
-/// Fewest input and output channels for NCHW planes: below, the transforms cost more than the
-/// products save (a width-16 network's 14x14 layer with 16 channels: forward 1.53 ms image by
-/// image, 2.01 ms here; with 32 channels 4.99 against 3.94 ms).
+/// Fewest input and output channels for NCHW planes: below, the transforms cost about what the
+/// products save (at batch 128, 14x14 with 16 channels: forward 2.70 ms image by image, 2.65 ms
+/// here, backward to the input 1.48 against 1.64 ms; with 32 channels 4.96 against 3.29 ms and
+/// 4.61 against 3.34 ms).
 const MIN_CHANNELS: usize = 32;
 /// Fewest input and output channels for position-major planes, whose tap-by-tap products already
-/// skip the padding (4x4 with 64 channels: forward 0.86 ms tap by tap, 0.99 ms here; with 128
-/// channels 5.77 against 2.68 ms; 7x7 with 32 channels 0.72 against 1.03 ms).
-const MIN_CHANNELS_POSITION_MAJOR: usize = 128;
-/// Fewest rows (tiles times images) in the products: below, the transformed kernels (16 values
+/// skip the padding (at batch 128, 7x7 with 32 channels: forward 0.90 ms tap by tap, 0.92 ms here;
+/// with 64 channels 2.86 against 1.85 ms; 4x4 with 64 channels 0.75 against 0.69 ms).
+const MIN_CHANNELS_POSITION_MAJOR: usize = 64;
+/// Fewest rows (tiles times images) in the products: below, the transformed kernels (36 values
 /// per pair of channels where the kernel has 9, rewritten on every call) cost more memory traffic
-/// than the products save, and a single chunk leaves the other threads idle. At batch 1 the CIFAR
-/// ResNet-18's eval forward took 21–26 ms by Winograd against 8–10 ms by the direct schemes; its
-/// 512-channel 2x2 layer at batch 1 to 8 took 4.7–8.0 ms against 0.9–3.8 ms. At batch 64 its
-/// 256-channel 4x4 layer (256 rows) still gains.
+/// than the products save, and a single chunk leaves the other threads idle. With F(2x2, 3x3) and
+/// no such floor the CIFAR ResNet-18's eval forward at batch 1 took 21–26 ms against 8–10 ms by
+/// the direct schemes. With F(4x4, 3x3), 16x16 planes of 64 channels at batch 8 (128 rows) take
+/// 0.67 ms against 1.77 ms image by image, 4x4 position-major planes of 128 channels at batch 64
+/// (64 rows) 2.05 against 1.50 ms for the input gradient.
 const MIN_ROWS: usize = 2 * CHUNK_ROWS;
 /// Groups of chunks whose weight gradients are summed separately, whatever the thread count.
 const WEIGHT_GROUPS: usize = 16;
 
 /// Whether `g` runs by Winograd's algorithm: a 3x3 kernel at stride 1, padding at most 2, enough
-/// channels and rows, and at least a fifth fewer multiply-adds than the direct scheme, which multiplies
-/// every tap (`skips_padding` false, im2col on planes) or only those inside the image (the
-/// tap-by-tap products on position-major rows).
+/// channels and rows, and at least a third fewer multiply-adds than the direct scheme, which
+/// multiplies every tap (`skips_padding` false, im2col on planes) or only those inside the image
+/// (the tap-by-tap products on position-major rows). A 3x3 plane, one tile padded to 6x6, saves a
+/// quarter and stays direct (512 channels at batch 128: forward 24.6 ms tap by tap, 44.7 ms here).
 pub(super) fn applies(g: &Geometry, skips_padding: bool) -> bool {
     let min_channels = if skips_padding {
         MIN_CHANNELS_POSITION_MAJOR
@@ -89,10 +100,10 @@ pub(super) fn applies(g: &Geometry, skips_padding: bool) -> bool {
     } else {
         9 * g.positions()
     };
-    5 * ENTRIES * Tiles::new(g).len() <= 4 * direct
+    3 * ENTRIES * Tiles::new(g).len() <= 2 * direct
 }
 
-/// The 2x2 output tiles of a convolution.
+/// The 4x4 output tiles of a convolution.
 #[derive(Clone, Copy, Debug)]
 struct Tiles {
     /// Tiles along the height and the width.
@@ -103,7 +114,7 @@ struct Tiles {
 impl Tiles {
     fn new(g: &Geometry) -> Self {
         Self {
-            count: g.size_out.map(|size| size.div_ceil(2)),
+            count: g.size_out.map(|size| size.div_ceil(TILE)),
             padding: g.padding,
         }
     }
@@ -120,7 +131,8 @@ impl Tiles {
     /// The tiles, row by row, with their first output position.
     fn origins(&self) -> impl Iterator<Item = (usize, [usize; 2])> {
         let [rows, columns] = self.count;
-        (0..rows * columns).map(move |tile| (tile, [2 * (tile / columns), 2 * (tile % columns)]))
+        (0..rows * columns)
+            .map(move |tile| (tile, [TILE * (tile / columns), TILE * (tile % columns)]))
     }
 }
 
@@ -187,34 +199,76 @@ fn separable<T: Element, const I: usize, const O: usize>(
 
 /// One axis of `Bᵀ d B`.
 #[inline(always)]
-fn input_axis<T: Element>([a, b, c, d]: [T; 4]) -> [T; 4] {
-    [a - c, b + c, c - b, b - d]
+fn input_axis<T: Element>([d0, d1, d2, d3, d4, d5]: [T; SPAN]) -> [T; SPAN] {
+    let [two, four, five] = [2.0, 4.0, 5.0].map(T::from_real);
+    [
+        four * d0 - five * d2 + d4,
+        d4 + d3 - four * (d1 + d2),
+        d4 - d3 + four * (d1 - d2),
+        d4 - d2 + two * (d3 - d1),
+        d4 - d2 - two * (d3 - d1),
+        four * d1 - five * d3 + d5,
+    ]
 }
 
 /// One axis of `Aᵀ M A`.
 #[inline(always)]
-fn output_axis<T: Element>([a, b, c, d]: [T; 4]) -> [T; 2] {
-    [a + b + c, b - c - d]
+fn output_axis<T: Element>([m0, m1, m2, m3, m4, m5]: [T; SPAN]) -> [T; TILE] {
+    let [two, four, eight] = [2.0, 4.0, 8.0].map(T::from_real);
+    let (sum, difference) = (m1 + m2, m1 - m2);
+    let (sum_far, difference_far) = (m3 + m4, m3 - m4);
+    [
+        m0 + sum + sum_far,
+        difference + two * difference_far,
+        sum + four * sum_far,
+        difference + eight * difference_far + m5,
+    ]
 }
 
 /// One axis of `A dY Aᵀ`, the adjoint of [`output_axis`].
 #[inline(always)]
-fn output_gradient_axis<T: Element>([a, b]: [T; 2]) -> [T; 4] {
-    [a, a + b, a - b, T::default() - b]
+fn output_gradient_axis<T: Element>([a, b, c, d]: [T; TILE]) -> [T; SPAN] {
+    let [two, four, eight] = [2.0, 4.0, 8.0].map(T::from_real);
+    let (even_near, odd_near) = (a + c, b + d);
+    let (even_far, odd_far) = (a + four * c, two * b + eight * d);
+    [
+        a,
+        even_near + odd_near,
+        even_near - odd_near,
+        even_far + odd_far,
+        even_far - odd_far,
+        d,
+    ]
 }
 
 /// One axis of `G g Gᵀ`.
 #[inline(always)]
-fn kernel_axis<T: Element>([a, b, c]: [T; 3]) -> [T; 4] {
-    let half = T::from_real(0.5);
-    [a, (a + b + c) * half, (a - b + c) * half, c]
+fn kernel_axis<T: Element>([a, b, c]: [T; 3]) -> [T; SPAN] {
+    let [quarter, sixth, twelfth, twenty_fourth] =
+        [1.0 / 4.0, 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0].map(T::from_real);
+    let outer = a + c;
+    let far = twenty_fourth * a + sixth * c;
+    [
+        quarter * a,
+        T::default() - sixth * (outer + b),
+        sixth * (b - outer),
+        far + twelfth * b,
+        far - twelfth * b,
+        c,
+    ]
 }
 
 /// One axis of `Gᵀ dU G`, the adjoint of [`kernel_axis`].
 #[inline(always)]
-fn kernel_gradient_axis<T: Element>([a, b, c, d]: [T; 4]) -> [T; 3] {
-    let half = T::from_real(0.5);
-    [a + (b + c) * half, (b - c) * half, (b + c) * half + d]
+fn kernel_gradient_axis<T: Element>([u0, u1, u2, u3, u4, u5]: [T; SPAN]) -> [T; 3] {
+    let [quarter, sixth, twelfth, twenty_fourth] =
+        [1.0 / 4.0, 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0].map(T::from_real);
+    let (near, far) = (u1 + u2, u3 + u4);
+    [
+        quarter * u0 - sixth * near + twenty_fourth * far,
+        sixth * (u2 - u1) + twelfth * (u3 - u4),
+        sixth * (far - near) + u5,
+    ]
 }
 
 /// The transformed kernels `U` of `weight` (`[Co, C, 3, 3]`): entry after entry, each a
@@ -259,7 +313,7 @@ fn weight_gradient_from<T: Element>(du: &[T], [channels_out, channels_in]: [usiz
             (0..channels_in).into_par_iter().for_each(|c| {
                 for first in (0..channels_out).step_by(STRIP) {
                     let width = STRIP.min(channels_out - first);
-                    let mut grid: Grid<T, 4> = [[[T::default(); STRIP]; 4]; 4];
+                    let mut grid: Grid<T, SPAN> = [[[T::default(); STRIP]; SPAN]; SPAN];
                     for (entry, lanes) in grid.iter_mut().flatten().enumerate() {
                         lanes[..width].copy_from_slice(
                             &du[entry * entry_len + c * channels_out + first..][..width],
@@ -591,8 +645,8 @@ mod tests {
 
     #[test]
     fn matches_im2col_over_many_chunks_and_groups() {
-        // 40 images of 3x3 tiles: 15 images a chunk, three chunks; 200 images of 8x8 tiles: two
-        // a chunk, 100 chunks in 16 groups; channels wider than a strip.
+        // 40 images of 2x2 tiles: 16 images a chunk, three chunks; 200 images of 4x4 tiles: four
+        // a chunk, 50 chunks in groups of four; channels wider than a strip.
         for (x, channels_out, padding) in [
             ([40, 3, 6, 5], 2, [1, 1]),
             ([200, 2, 16, 16], 3, [1, 1]),
@@ -651,27 +705,32 @@ mod tests {
     }
 
     #[test]
-    fn applies_where_it_saves_a_fifth_of_the_products() {
+    fn applies_where_it_saves_a_third_of_the_products() {
         let batch =
             |images, size, channels| geometry([images, channels, size, size], channels, [1, 1]);
         let square = |size, channels| batch(512, size, channels).unwrap();
-        // Image by image (im2col multiplies all 9 taps): from 2x2 planes up, from 32 channels.
+        // Image by image (im2col multiplies all 9 taps): from 4x4 planes up, from 32 channels; a
+        // 2x2 plane padded to one 6x6 tile saves nothing.
         assert!(applies(&square(8, 64), false));
-        assert!(applies(&square(2, 32), false));
+        assert!(applies(&square(4, 32), false));
+        assert!(!applies(&square(2, 512), false));
         assert!(!applies(&square(8, 16), false));
-        // Enough rows: 256 tiles in the whole batch.
-        assert!(applies(&batch(16, 8, 64).unwrap(), false));
-        assert!(!applies(&batch(15, 8, 64).unwrap(), false));
+        // Enough rows: 128 tiles in the whole batch.
+        assert!(applies(&batch(8, 16, 64).unwrap(), false));
+        assert!(!applies(&batch(7, 16, 64).unwrap(), false));
         assert!(!applies(&batch(1, 16, 64).unwrap(), false));
-        assert!(applies(&batch(64, 4, 256).unwrap(), true));
-        assert!(!applies(&batch(32, 4, 256).unwrap(), true));
-        // Tap by tap (only the taps inside the image): 4x4 and 7x7 planes from 128 channels, not
-        // 2x2 or 3x3 ones.
+        assert!(applies(&batch(128, 4, 256).unwrap(), true));
+        assert!(!applies(&batch(64, 4, 256).unwrap(), true));
+        // Tap by tap (only the taps inside the image): 4x4, 6x6 and 7x7 planes from 64 channels,
+        // not 2x2, 3x3 or 5x5 ones.
         assert!(applies(&square(4, 256), true));
+        assert!(applies(&square(4, 64), true));
+        assert!(applies(&square(6, 128), true));
         assert!(applies(&square(7, 128), true));
-        assert!(!applies(&square(4, 64), true));
+        assert!(!applies(&square(7, 32), true));
         assert!(!applies(&square(2, 512), true));
         assert!(!applies(&square(3, 512), true));
+        assert!(!applies(&square(5, 128), true));
         // Other kernels and strides keep the direct schemes.
         let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
         let strided = Geometry::new(&[512, 64, 8, 8], &[64, 64, 3, 3], &options).unwrap();
@@ -679,5 +738,59 @@ mod tests {
         let options = ConvOptions::new([1, 1], [2, 2], [1, 1], 1);
         let five = Geometry::new(&[512, 64, 8, 8], &[64, 64, 5, 5], &options).unwrap();
         assert!(!applies(&five, false));
+    }
+
+    /// Single precision: errors from the exact convolution of the same `f32` operands within
+    /// 1e-4 of the largest value (F(4x4, 3x3) rounds its transforms: about 10x im2col's error).
+    #[test]
+    fn single_precision_stays_close_to_exact() {
+        let g = geometry([8, 64, 8, 8], 64, [1, 1]).unwrap();
+        let [x, w, dy] = crate::kernels::smooth_operands([
+            g.batch * g.channels_in * g.plane_in(),
+            g.channels_out * g.patch_len(),
+            g.batch * g.channels_out * g.positions(),
+        ])
+        .map(|values| values.into_iter().map(|v| v as f32).collect::<Vec<_>>());
+        let wide = |values: &[f32]| values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+        let (x64, w64, dy64) = (wide(&x), wide(&w), wide(&dy));
+        let planes = Activation::Planes;
+        let (dx, dw) = backward(&g, planes(&x), &w, planes(&dy), [true, true]);
+        let (dx_im2col, dw_im2col) = by_image::backward(&g, &x, &w, &dy, [true, true]);
+        let (dx_exact, dw_exact) = by_image::backward(&g, &x64, &w64, &dy64, [true, true]);
+        let largest_error = |ours: &[f32], exact: &[f64]| {
+            ours.iter()
+                .zip(exact)
+                .fold(0f64, |max, (&a, &b)| max.max((f64::from(a) - b).abs()))
+        };
+        for (ours, im2col, exact, what) in [
+            (
+                forward(&g, planes(&x), &w),
+                by_image::forward(&g, &x, &w),
+                by_image::forward(&g, &x64, &w64),
+                "forward",
+            ),
+            (
+                dx.unwrap(),
+                dx_im2col.unwrap(),
+                dx_exact.unwrap(),
+                "input gradient",
+            ),
+            (
+                dw.unwrap(),
+                dw_im2col.unwrap(),
+                dw_exact.unwrap(),
+                "weight gradient",
+            ),
+        ] {
+            let scale = exact.iter().fold(0f64, |max, v| max.max(v.abs()));
+            let (error, im2col_error) =
+                (largest_error(&ours, &exact), largest_error(&im2col, &exact));
+            // Measured: forward 4.5e-5 (im2col 2.3e-6) of 1.56, input gradient 3.1e-5 (2.3e-6)
+            // of 1.36, weight gradient 3.7e-4 (6.7e-5) of 257.
+            assert!(
+                error <= 1e-4 * scale,
+                "{what}: largest error {error:e} (im2col {im2col_error:e}) of {scale:e}"
+            );
+        }
     }
 }
