@@ -15,12 +15,12 @@
 //!   product per kernel tap and output row over all images, no patch matrix and no multiplications
 //!   by the padding (smaller batches go image by image: their tap products would be too thin).
 //!
-//! Within either scheme, 3x3 convolutions at stride 1 go through [`winograd`] (F(2x2, 3x3): 16
-//! products of transformed tiles, 2.25x fewer multiply-adds than im2col) wherever that saves at
-//! least a fifth of the scheme's multiply-adds and the channels and the batch are wide enough to pay
-//! for the transforms: image by image from 32 channels each way, tap by tap from 128 (4x4 to 7x7
+//! Within either scheme, 3x3 convolutions at stride 1 go through [`winograd`] (F(4x4, 3x3): 36
+//! products of transformed tiles, 4x fewer multiply-adds than im2col) wherever that saves at least
+//! a third of the scheme's multiply-adds and the channels and the batch are wide enough to pay for
+//! the transforms: image by image from 32 channels each way, tap by tap from 64 (4x4 to 7x7
 //! position-major planes; a 2x2 or 3x3 plane, where the tap-by-tap products skip most of the
-//! padding, stays tap by tap), and only with 256 tiles or more in the batch (small batches, such as
+//! padding, stays tap by tap), and only with 128 tiles or more in the batch (small batches, such as
 //! inference on one image, keep the direct schemes).
 //!
 //! Every output element is summed in a fixed order whatever the thread count (the products split
