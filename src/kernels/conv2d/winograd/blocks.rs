@@ -65,8 +65,8 @@ pub(super) fn transform_input<T: Element>(tiles: &Tiles, x: &[T], blocks: Blocks
     transform_tiles::<T, SPAN>(tiles, x, blocks, tiles.padding, input_axis, v);
 }
 
-/// `transform` (`N` values to 4) applied along both axes of the `N x N` blocks of `values` at the
-/// positions `(oh + i − top, ow + j − left)` of each tile whose first output is `(oh, ow)`
+/// `transform` (`N` values to [`SPAN`]) applied along both axes of the `N x N` blocks of `values`
+/// at the positions `(oh + i − top, ow + j − left)` of each tile whose first output is `(oh, ow)`
 /// (positions outside the plane count as zeros), into `entries`: entry after entry, each
 /// `[tiles, blocks.len]`.
 #[inline(always)]
